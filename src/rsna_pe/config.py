@@ -1,0 +1,98 @@
+"""YAML configs: ``base:`` inheritance, typed ``key.sub=value`` overrides, saving.
+
+A config file may name ``base: OTHER.yml`` (relative to itself); its keys are merged over the
+base's. ``run_name`` defaults to the config file's stem. Overrides are cast to the type of the
+value they replace, and an unknown key is an error: a typo must never train the wrong thing.
+"""
+import copy
+from pathlib import Path
+
+import yaml
+
+from .errors import PipelineError
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CONFIG_DIR = REPO_ROOT / "configs"
+
+
+def _merge(base, over):
+    out = copy.deepcopy(base)
+    for k, v in over.items():
+        if isinstance(v, dict) and isinstance(out.get(k), dict):
+            out[k] = _merge(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def _read(path):
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"config not found: {path}")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise PipelineError(f"bad YAML in {path}: {str(e).splitlines()[0]}") from None
+    if not isinstance(data, dict):
+        raise PipelineError(f"config {path} must be a mapping")
+    base = data.pop("base", None)
+    if base:
+        data = _merge(_read(path.parent / base), data)
+    return data
+
+
+def _cast(key, text, old):
+    new = yaml.safe_load(text)
+    if old is None or new is None:
+        return new
+    if isinstance(old, bool):
+        if isinstance(new, bool):
+            return new
+    elif isinstance(old, int):
+        if isinstance(new, int) and not isinstance(new, bool):
+            return new
+    elif isinstance(old, float):
+        if isinstance(new, (int, float)) and not isinstance(new, bool):
+            return float(new)
+    elif isinstance(old, str):
+        return text
+    elif isinstance(old, (list, dict)):
+        if isinstance(new, type(old)):
+            return new
+    raise PipelineError(f"override {key}={text}: expected {type(old).__name__}")
+
+
+def apply_overrides(cfg, overrides):
+    """Apply ``a.b=value`` strings in place; each key must already exist in ``cfg``."""
+    for item in overrides:
+        if "=" not in item:
+            raise PipelineError(f"override '{item}' is not key=value")
+        key, text = item.split("=", 1)
+        node = cfg
+        parts = key.split(".")
+        for p in parts[:-1]:
+            if not isinstance(node.get(p), dict):
+                raise PipelineError(f"unknown config key '{key}'")
+            node = node[p]
+        if parts[-1] not in node:
+            raise PipelineError(f"unknown config key '{key}'")
+        node[parts[-1]] = _cast(key, text, node[parts[-1]])
+    return cfg
+
+
+def load_config(path, overrides=()):
+    """Read ``path`` (with its bases), set ``run_name`` from its stem, apply overrides."""
+    cfg = _read(path)
+    cfg.setdefault("run_name", Path(path).stem)
+    cfg["config_file"] = str(path)
+    return apply_overrides(cfg, overrides)
+
+
+def default_config(name):
+    """Path of a stage's natural config in the repo (``configs/<name>``), from any folder."""
+    return CONFIG_DIR / name
+
+
+def save_config(cfg, path):
+    from .io import atomic_write_text
+    atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))

@@ -1,0 +1,40 @@
+"""The task's label facts: names, order, score weights. Defined once; loop over these."""
+
+EXAM_LABELS = (
+    "negative_exam_for_pe",
+    "indeterminate",
+    "chronic_pe",
+    "acute_and_chronic_pe",
+    "central_pe",
+    "leftsided_pe",
+    "rightsided_pe",
+    "rv_lv_ratio_gte_1",
+    "rv_lv_ratio_lt_1",
+)
+IMAGE_LABEL = "pe_present_on_image"
+# Order of every 10-vector in the pipeline: 9 exam-level labels, then the image-level one.
+LABELS = EXAM_LABELS + (IMAGE_LABEL,)
+
+# Columns of the Kaggle train.csv that are neither ids nor LABELS.
+QA_COLUMNS = ("qa_motion", "qa_contrast", "flow_artifact", "true_filling_defect_not_pe")
+ID_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID")
+TRAIN_COLUMNS = ID_COLUMNS + (
+    "pe_present_on_image", "negative_exam_for_pe", "qa_motion", "qa_contrast", "flow_artifact",
+    "rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1", "leftsided_pe", "chronic_pe",
+    "true_filling_defect_not_pe", "rightsided_pe", "acute_and_chronic_pe", "central_pe",
+    "indeterminate",
+)
+
+# Competition weights of the weighted log loss.
+EXAM_WEIGHTS = {
+    "negative_exam_for_pe": 0.0736196319,
+    "indeterminate": 0.09202453988,
+    "chronic_pe": 0.1042944785,
+    "acute_and_chronic_pe": 0.1042944785,
+    "central_pe": 0.1877300613,
+    "leftsided_pe": 0.06257668712,
+    "rightsided_pe": 0.06257668712,
+    "rv_lv_ratio_gte_1": 0.2346625767,
+    "rv_lv_ratio_lt_1": 0.0782208589,
+}
+IMAGE_WEIGHT = 0.07361963
