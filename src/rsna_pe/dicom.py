@@ -19,7 +19,11 @@ log = logging.getLogger(__name__)
 
 
 class DicomReadError(PipelineError):
-    """A slice that cannot be read; the message names the file and the reason."""
+    """A file that cannot be read; the message names the file and the reason."""
+
+    def __init__(self, path, reason):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = str(path), reason
 
 
 @dataclass
@@ -34,7 +38,7 @@ def _dcmread(path, header_only):
     try:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except Exception as e:  # pydicom raises many types for bad files
-        raise DicomReadError(f"{path}: not readable DICOM ({type(e).__name__}: {e})") from None
+        raise DicomReadError(path, f"not readable DICOM ({type(e).__name__}: {e})") from None
 
 
 def slice_info(path, ds=None):
@@ -53,13 +57,13 @@ def sort_slices(infos, where=""):
     if all(i.instance is not None for i in infos):
         log.warning("%s: ImagePositionPatient missing, ordering slices by InstanceNumber", where)
         return sorted(infos, key=lambda i: (i.instance, i.sop))
-    raise DicomReadError(f"{where}: neither ImagePositionPatient nor InstanceNumber on every slice")
+    raise DicomReadError(where, f"neither ImagePositionPatient nor InstanceNumber on every slice")
 
 
 def series_files(series_dir):
     files = sorted(Path(series_dir).glob("*.dcm"))
     if not files:
-        raise DicomReadError(f"{series_dir}: no .dcm files")
+        raise DicomReadError(series_dir, f"no .dcm files")
     return files
 
 
@@ -71,13 +75,13 @@ def read_series_order(series_dir):
 def to_hu(ds, path):
     """This slice's HU with its own slope/intercept: integer when exact, else float32."""
     if "PixelData" not in ds:
-        raise DicomReadError(f"{path}: no pixel data")
+        raise DicomReadError(path, f"no pixel data")
     try:
         arr = ds.pixel_array
     except Exception as e:
-        raise DicomReadError(f"{path}: pixel data not decodable ({type(e).__name__}: {e})") from None
+        raise DicomReadError(path, f"pixel data not decodable ({type(e).__name__}: {e})") from None
     if arr.ndim != 2:
-        raise DicomReadError(f"{path}: expected one 2-D frame, got shape {arr.shape}")
+        raise DicomReadError(path, f"expected one 2-D frame, got shape {arr.shape}")
     slope = float(ds.get("RescaleSlope", 1) or 1)
     intercept = float(ds.get("RescaleIntercept", 0) or 0)
     if slope == 1 and intercept == int(intercept):
@@ -85,8 +89,8 @@ def to_hu(ds, path):
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def hu_to_image(hu, size):
-    """HU (H, W) -> RGB uint8 (size, size, 3): lung, PE, mediastinal windows.
+def hu_to_image(hu, size, bgr=False):
+    """HU (H, W) -> RGB uint8 (size, size, 3): lung, PE, mediastinal windows (BGR for cv2).
 
     A matrix of another size is resized in HU (area when shrinking, linear when growing)
     before windowing, so the window is applied to CT values, not to already clipped bytes.
@@ -95,7 +99,7 @@ def hu_to_image(hu, size):
     if (h, w) != (size, size):
         interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
         hu = cv2.resize(hu.astype(np.float32), (size, size), interpolation=interp)
-    return hu_to_rgb(hu)
+    return hu_to_rgb(hu, bgr=bgr)
 
 
 def read_slice_image(path, size):
@@ -104,19 +108,21 @@ def read_slice_image(path, size):
     return slice_info(path, ds), hu_to_image(to_hu(ds, path), size)
 
 
-def read_series_images(series_dir, size):
-    """A whole series -> (infos in z order, uint8 array (S, size, size, 3)).
+def read_series_images(series_dir, sizes):
+    """A whole series -> (infos in z order, {size: uint8 RGB (S, 3, size, size)}).
 
-    Each file is read once; slices are windowed to uint8 as they are read, so memory holds
-    the 8-bit result only (0.75 MB a slice at 512), never a float volume.
+    Each file is read and decoded once, whatever the number of sizes (models of different
+    input sizes share one decode); slices are windowed to uint8 as they are read, so memory
+    holds the 8-bit results only, never a float volume.
     """
-    files = series_files(series_dir)
-    infos, imgs = [], []
-    for f in files:
-        info, img = read_slice_image(f, size)
-        infos.append(info)
-        imgs.append(img)
+    infos, imgs = [], {s: [] for s in sizes}
+    for f in series_files(series_dir):
+        ds = _dcmread(f, header_only=False)
+        infos.append(slice_info(f, ds))
+        hu = to_hu(ds, f)
+        for s in sizes:
+            imgs[s].append(hu_to_image(hu, s).transpose(2, 0, 1))
     order = sort_slices(infos, where=str(series_dir))
-    index = {id(i): k for k, i in enumerate(infos)}
-    stack = np.stack([imgs[index[id(i)]] for i in order]) if imgs else np.zeros((0, size, size, 3), np.uint8)
-    return order, stack
+    pos = {id(i): k for k, i in enumerate(infos)}
+    idx = [pos[id(i)] for i in order]
+    return order, {s: np.stack([v[k] for k in idx]) for s, v in imgs.items()}

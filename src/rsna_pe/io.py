@@ -59,3 +59,21 @@ def atomic_torch_save(obj, path):
     import torch
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
+
+
+def read_csv(path, required=(), **kwargs):
+    """pandas.read_csv with one-line errors naming the file and any missing column."""
+    import pandas as pd
+
+    from .errors import PipelineError
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"{path}: file not found")
+    try:
+        df = pd.read_csv(path, **kwargs)
+    except Exception as e:
+        raise PipelineError(f"{path}: not a readable csv ({type(e).__name__}: {e})") from None
+    missing = [c for c in required if c not in df.columns]
+    if missing:
+        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}")
+    return df

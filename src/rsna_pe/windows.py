@@ -1,4 +1,5 @@
 """CT windows and the HU -> uint8 mapping. Channel order R, G, B = WINDOWS order."""
+import cv2
 import numpy as np
 
 # name: (level, width). Order is the channel order of every 3-channel image (RGB).
@@ -16,29 +17,36 @@ def window(hu, level, width):
     return np.rint(255.0 * (x - lo) / width).astype(np.uint8)
 
 
-# Stored CT values are int16 before rescale; HU are clipped to this range before the lookup.
-_HU_MIN, _HU_MAX = -32768, 32767
+# Every window saturates outside [_HU_LO, _HU_HI], so integer HU are clipped to that span and
+# looked up in a small table that stays in cache (one gather per pixel instead of 3 windows).
+_HU_LO = min(lv - wd // 2 for lv, wd in WINDOWS.values())
+_HU_HI = max(lv + wd // 2 for lv, wd in WINDOWS.values())
+_LUTS = {}
 
 
-def _build_lut():
-    hu = np.arange(_HU_MIN, _HU_MAX + 1, dtype=np.float64)
-    return np.stack([window(hu, lv, wd) for lv, wd in WINDOWS.values()], axis=-1)
+def lut(bgr=False):
+    """Table over HU _HU_LO.._HU_HI: each uint32 entry packs the 3 windowed bytes (+ 1 spare),
+    so a slice is converted with one 4-byte gather per pixel."""
+    if bgr not in _LUTS:
+        hu = np.arange(_HU_LO, _HU_HI + 1)
+        table = np.zeros((len(hu), 4), np.uint8)
+        table[:, :3] = np.stack([window(hu, lv, wd) for lv, wd in WINDOWS.values()], axis=-1)
+        if bgr:
+            table[:, :3] = table[:, 2::-1]
+        _LUTS[bgr] = table.view(np.uint32).ravel()
+    return _LUTS[bgr]
 
 
-_LUT = None
+def hu_to_rgb(hu, bgr=False):
+    """HU array (H, W) -> (H, W, 3) uint8, channels RGB (or reversed for OpenCV writers).
 
-
-def lut():
-    """(65536, 3) uint8 table: row HU - _HU_MIN holds the three windowed values."""
-    global _LUT
-    if _LUT is None:
-        _LUT = _build_lut()
-    return _LUT
-
-
-def hu_to_rgb(hu):
-    """HU array (H, W) -> (H, W, 3) uint8 RGB. Integer HU (the usual slope 1) take one table
-    lookup; fractional HU (rescaled or resized) take the exact formula."""
+    Integer HU (the usual slope 1) take the table; fractional HU (rescaled or resized) take the
+    exact formula."""
     if hu.dtype.kind in "iu":
-        return lut()[np.clip(hu, _HU_MIN, _HU_MAX).astype(np.int32) - _HU_MIN]
-    return np.stack([window(hu, lv, wd) for lv, wd in WINDOWS.values()], axis=-1)
+        idx = np.clip(hu, _HU_LO, _HU_HI).astype(np.intp, copy=False)
+        idx -= _HU_LO
+        packed = lut(bgr)[idx].view(np.uint8).reshape(*hu.shape, 4)
+        # OpenCV drops the spare byte faster than a numpy strided copy.
+        return cv2.cvtColor(packed, cv2.COLOR_BGRA2BGR)
+    out = np.stack([window(hu, lv, wd) for lv, wd in WINDOWS.values()], axis=-1)
+    return np.ascontiguousarray(out[..., ::-1]) if bgr else out

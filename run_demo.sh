@@ -1,0 +1,46 @@
+#!/usr/bin/env bash
+# The whole pipeline on generated CTPA-like data, on CPU, in a workspace folder.
+# Usage: ./run_demo.sh [WORKSPACE]   (default: demo/ in the repo; reruns skip finished work)
+# Sizes via env: N_TRAIN (40), N_TEST (10), SLICES_MIN/SLICES_MAX (36/44), MATRIX (256).
+set -euo pipefail
+HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+source "$HERE/scripts/setup_venv.sh"
+WS="${1:-$HERE/demo}"
+mkdir -p "$WS"
+cd "$WS"
+export CONFIGS="$HERE/configs/demo" WANDB_MODE="${WANDB_MODE:-offline}" PY
+SRC="$HERE/src"
+step() { echo; echo "=== $* ($(date +%T))"; }
+start=$(date +%s)
+
+step "synthetic data -> $WS/data"
+if [ ! -f data/test_labels.csv ]; then
+  "$PY" "$SRC/make_synthetic_data.py" data --n-train "${N_TRAIN:-40}" --n-test "${N_TEST:-10}" \
+    --slices "${SLICES_MIN:-36}" "${SLICES_MAX:-44}" --matrix "${MATRIX:-256}" --seed 0
+else
+  echo "data/ exists, kept"
+fi
+step "stage 1: DICOM -> JPEG";        "$PY" "$SRC/make_image.py" -c "$CONFIGS/make_image.yml"
+step "stage 2: folds";                "$PY" "$SRC/make_csv.py" -c "$CONFIGS/make_csv.yml"
+step "stage 3: six CNN backbones";    "$HERE/run_train_cnn.sh"
+step "stage 4: npz per series";       "$PY" "$SRC/make_npz.py" -c "$CONFIGS/make_npz.yml"
+step "stage 5: six embedding dumps";  "$HERE/run_dump_embeddings.sh"
+step "stage 6: six LSTM heads";       "$HERE/run_train_rnn.sh"
+step "stage 7: inference on the test DICOMs"
+"$PY" "$SRC/inference.py" -c "$CONFIGS/inference.yml"
+
+step "scores (weighted log loss, lower is better)"
+"$PY" "$SRC/evaluate.py" --labels data/test_labels.csv output/inference/rexnet200/submission.csv \
+  --prior data/train.csv --json output/test_score.json
+"$PY" "$SRC/evaluate.py" --labels data/fold/ver1/train-jpegs-64/train.csv \
+  output/train_rnn/*/fold_*/oof.csv --prior data/train.csv --json output/cv_score.json
+"$PY" "$SRC/demo_summary.py" output/test_score.json output/cv_score.json
+
+step "one study report"
+study_dir=$(find data/test -mindepth 2 -maxdepth 2 -type d | sort | head -n 1)
+"$PY" "$SRC/predict_study.py" "$study_dir" -c "$CONFIGS/inference.yml" --out output/predict_study
+
+echo
+echo "demo finished in $(( $(date +%s) - start )) s; outputs in $WS:"
+echo "  data/ (DICOM, JPEG, folds, npz)  output/train_cnn  dump/v1  output/train_rnn"
+echo "  output/inference/rexnet200/submission.csv  output/predict_study/{prediction.json,report.png}"

@@ -1,0 +1,91 @@
+"""Stage 5: per-slice CNN embeddings of every series, for the LSTM heads.
+
+    python src/dump_embeddings.py -c configs/dump_embeddings/rexnet200_bce.yml dataset.fold=0
+
+Finds ``best.ckpt`` of ``output/train_cnn/<run>/fold_<k>`` (or ``ckpt_path``), rebuilds the model
+from the checkpoint's own config and writes ``dump/v1/<run>/fold_<k>/<study>/<series>.npz``
+(``embeddings`` float32 (S, 2560), ``labels``, ``sop``). Finished series are skipped; under
+torchrun each rank takes its share of the series.
+"""
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from rsna_pe import cli, paths
+from rsna_pe.checkpoint import find_checkpoint, load_model
+from rsna_pe.config import save_config
+from rsna_pe.embed import Embedder, pick_device, resize_stack
+from rsna_pe.errors import PipelineError
+from rsna_pe.io import atomic_savez, read_csv
+
+log = logging.getLogger("dump_embeddings")
+
+
+class _SeriesNpz(torch.utils.data.Dataset):
+    """Loads (and if needed resizes) one series per item in DataLoader workers, so reading
+    and decoding overlap with the model's work on the previous series."""
+
+    def __init__(self, items, size):
+        self.items, self.size = items, size
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        src, dst = self.items[i]
+        try:
+            with np.load(src) as z:
+                return dst, resize_stack(z["imgs"], self.size), z["labels"], z["sop"], None
+        except Exception as e:  # reported by the main process, which names the file
+            return dst, None, None, None, f"{src}: {type(e).__name__}: {e}"
+
+
+def main(argv=None):
+    cfg, _ = cli.parse(__doc__.splitlines()[0], argv=argv)
+    run, fold = cfg["cnn_run"] or cfg["run_name"], cfg["dataset"]["fold"]
+    ckpt = Path(cfg["ckpt_path"]) if cfg["ckpt_path"] else find_checkpoint(cfg["cnn_output"], run, fold)
+    if not ckpt.is_file():
+        raise PipelineError(f"{ckpt}: checkpoint not found")
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(cfg["device"])
+    if device.type == "cuda" and world > 1:
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    model, mcfg = load_model(ckpt, device="cpu")
+    size = mcfg["dataset"]["size"]
+
+    data = Path(cfg["data_dir"])
+    df = read_csv(paths.fold_csv(data, cfg["size"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
+    src_root, out = paths.npz_dir(data, cfg["size"]), paths.dump_dir(cfg["dump_root"], run, fold)
+    keys = sorted(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)))
+    missing = [paths.series_file(src_root, *k) for k in keys if not paths.series_file(src_root, *k).is_file()]
+    if missing:
+        raise PipelineError(f"{missing[0]}: npz not found ({len(missing)} missing; run make_npz.py)")
+    if rank == 0:
+        save_config({**cfg, "checkpoint": str(ckpt)}, out / "config.yaml")
+    todo = [(paths.series_file(src_root, *k), paths.series_file(out, *k)) for k in keys[rank::world]]
+    todo = [t for t in todo if not t[1].is_file()]
+    log.info("rank %d: %d series to embed with %s (input %d px) on %s -> %s",
+             rank, len(todo), ckpt, size, device, out)
+
+    emb = Embedder(model, device, chunk=cfg["batch_size"], amp=cfg["amp"],
+                   channels_last=cfg["channels_last"], compile=cfg["compile"])
+    loader = torch.utils.data.DataLoader(_SeriesNpz(todo, size), batch_size=None, shuffle=False,
+                                         num_workers=cfg["num_workers"], prefetch_factor=2 if cfg["num_workers"] else None)
+    errors = []
+    for dst, imgs, labels, sop, err in tqdm(loader, desc=f"dump {run} fold {fold}", unit="series",
+                                            disable=rank > 0):
+        if err:
+            log.warning(err)
+            errors.append(err)
+            continue
+        atomic_savez(dst, embeddings=emb.run(imgs), labels=labels, sop=sop)
+    if errors:
+        raise PipelineError(f"{len(errors)} series failed, first {errors[0]}")
+
+
+if __name__ == "__main__":
+    cli.run(main)

@@ -1,0 +1,99 @@
+"""Stage 7: raw test DICOM -> submission.csv with the six CNN + LSTM pairs.
+
+    python src/inference.py [-c configs/inference.yml] [key=value ...]
+
+Reads ``<data_dir>/<split>.csv`` and its DICOM series; writes ``<output_dir>/submission.csv``
+(validated: every id once, labels in [0, 1], every consistency rule) and ``errors.csv``. A study
+that cannot be read gets the label prior and is listed in errors.csv (``on_error: fail`` makes
+that an error). Under torchrun the ranks share the studies and rank 0 writes.
+"""
+import logging
+import os
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.distributed as dist
+from tqdm import tqdm
+
+from rsna_pe import cli
+from rsna_pe.config import save_config
+from rsna_pe.embed import pick_device
+from rsna_pe.errors import PipelineError
+from rsna_pe.io import atomic_to_csv, read_csv
+from rsna_pe.labels import ID_COLUMNS
+from rsna_pe.metric import to_submission, validate_submission
+from rsna_pe.predict import Ensemble, StudyReader, resolve_pairs, series_dirs
+
+log = logging.getLogger("inference")
+
+
+def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
+    """{study: (sops, exam (9,), image (S,))} and [(study, reason)] for studies read from disk."""
+    loader = torch.utils.data.DataLoader(StudyReader(studies, dirs, ens.read), batch_size=None,
+                                         num_workers=num_workers)
+    results, errors = {}, []
+    for item in tqdm(loader, desc="inference", unit="study", disable=rank > 0):
+        study, err = item["study"], item["error"]
+        if err is None and sorted(item["sops"]) != sorted(expected[study]):
+            err = f"{dirs[study]}: its slices' SOPInstanceUIDs do not match the csv"
+        if err:
+            log.warning("study %s: %s; using the label prior", study, err)
+            errors.append((study, err))
+            results[study] = (expected[study], *ens.prior_prediction(len(expected[study])))
+        else:
+            results[study] = (item["sops"], *ens.predict(item["images"]))
+    return results, errors
+
+
+def main(argv=None):
+    cfg, _ = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv)
+    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+    device = pick_device(cfg["device"])
+    if world > 1:
+        if device.type == "cuda":
+            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+            torch.cuda.set_device(device)
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+
+    data = Path(cfg["data_dir"])
+    df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
+    expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
+    dirs = series_dirs(data / cfg["split"], df)
+    ens = Ensemble(resolve_pairs(cfg), device, chunk=cfg["batch_size"], amp=cfg["amp"],
+                   channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["tta_flip"])
+    log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), device)
+    results, errors = predict_all(ens, sorted(dirs)[rank::world], dirs, expected, cfg["num_workers"], rank)
+    if world > 1:
+        gathered = [None] * world
+        dist.all_gather_object(gathered, (results, errors))
+        results = {k: v for r, _ in gathered for k, v in r.items()}
+        errors = [e for _, es in gathered for e in es]
+        dist.destroy_process_group()
+    if rank:
+        return 0
+
+    study_ids = sorted(results)
+    sops = [np.asarray(results[s][0]) for s in study_ids]
+    sub = to_submission(study_ids, np.stack([results[s][1] for s in study_ids]), sops,
+                        [results[s][2] for s in study_ids])
+    problems = validate_submission(sub, study_ids, [np.asarray(expected[s]) for s in study_ids])
+    if problems:
+        raise PipelineError(f"submission failed validation ({len(problems)} problems), first: {problems[0]}")
+    out = Path(cfg["output_dir"])
+    save_config(cfg, out / "config.yaml")
+    atomic_to_csv(pd.DataFrame(errors, columns=["StudyInstanceUID", "reason"]), out / "errors.csv")
+    atomic_to_csv(sub, out / "submission.csv")
+    log.info("wrote %s: %d rows, %d studies", out / "submission.csv", len(sub), len(study_ids))
+    if errors:
+        msg = (f"{len(errors)} of {len(study_ids)} studies unreadable, filled with the label prior "
+               f"(see {out / 'errors.csv'})")
+        if cfg["on_error"] == "fail":
+            raise PipelineError(msg)
+        log.warning(msg)
+    return 0
+
+
+if __name__ == "__main__":
+    cli.run(main)

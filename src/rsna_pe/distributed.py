@@ -1,0 +1,97 @@
+"""Process-group set-up for ``torchrun`` runs; a plain ``python`` run is a group of one.
+
+``torchrun --nproc_per_node=N`` sets RANK / WORLD_SIZE / LOCAL_RANK; we then use NCCL on
+GPUs and Gloo on CPUs. Only rank 0 writes files and logs metrics.
+"""
+import datetime
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+from .errors import PipelineError
+
+
+@dataclass
+class Dist:
+    rank: int = 0
+    world: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def enabled(self):
+        return self.world > 1
+
+    @property
+    def is_main(self):
+        return self.rank == 0
+
+
+def pick_device(name="auto", local_rank=0):
+    """``auto`` -> the local GPU if there is one, else CPU; ``cuda`` without a GPU is an error."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise PipelineError("train.device=cuda but no CUDA GPU is visible")
+        if name == "cuda":
+            name = f"cuda:{local_rank}"
+    return torch.device(name)
+
+
+def init(device_name="auto"):
+    """Join the process group when launched by torchrun; return this process's ``Dist``."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    device = pick_device(device_name, local_rank)
+    if world > 1 and not dist.is_initialized():
+        if device.type == "cuda":
+            torch.cuda.set_device(device)
+        backend = "nccl" if device.type == "cuda" else "gloo"
+        # Validation and checkpoint writes on rank 0 can take minutes: be patient.
+        dist.init_process_group(backend, timeout=datetime.timedelta(minutes=60),
+                                device_id=device if device.type == "cuda" else None)
+    elif device.type == "cuda":
+        torch.cuda.set_device(device)
+    return Dist(rank, world, local_rank, device)
+
+
+def cleanup():
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def barrier(d):
+    if d.enabled:
+        dist.barrier()
+
+
+def gather_objects(obj, d):
+    """Every rank's ``obj`` as a list (rank order), on every rank."""
+    if not d.enabled:
+        return [obj]
+    out = [None] * d.world
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, d, src=0):
+    """Rank ``src``'s ``obj`` on every rank."""
+    if not d.enabled:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]
+
+
+def mean_across(value, d):
+    """Mean of a float over ranks."""
+    if not d.enabled:
+        return float(value)
+    t = torch.tensor([float(value)], dtype=torch.float64,
+                     device=d.device if d.device.type == "cuda" else "cpu")
+    dist.all_reduce(t)
+    return float(t.item()) / d.world

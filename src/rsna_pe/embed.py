@@ -1,0 +1,65 @@
+"""CNN embeddings of whole series: chunked, mixed precision, channels_last, in inference mode.
+
+Used by stage 5 (dump_embeddings) and stage 7 (inference), so both run the backbone the same way.
+"""
+import contextlib
+
+import cv2
+import numpy as np
+import torch
+
+
+def pick_device(name="auto"):
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def autocast(device, enabled=True):
+    """bf16 where the GPU has it, else fp16; fp32 on CPU (CPU autocast is slower than fp32 here)."""
+    if not enabled or device.type != "cuda":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return torch.autocast("cuda", dtype=dtype)
+
+
+def resize_stack(imgs, size):
+    """uint8 (S, 3, H, W) -> (S, 3, size, size) with cv2 linear, as the training Resize does."""
+    if imgs.shape[-1] == size and imgs.shape[-2] == size:
+        return imgs
+    out = [cv2.resize(im.transpose(1, 2, 0), (size, size), interpolation=cv2.INTER_LINEAR)
+           for im in imgs]
+    return np.stack(out).transpose(0, 3, 1, 2)
+
+
+class Embedder:
+    """Pooled backbone features (S, D) float32 for a uint8 RGB stack (S, 3, H, W) of any length."""
+
+    def __init__(self, model, device, chunk=64, amp=True, channels_last=True, compile=False, tta_flip=False):
+        self.device, self.chunk, self.amp = device, chunk, amp
+        self.channels_last = channels_last
+        model = model.to(device).eval()
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.features = torch.compile(model.features, dynamic=True) if compile else model.features
+        self.tta_flip = tta_flip
+
+    @torch.inference_mode()
+    def run(self, imgs, fn=None):
+        """Apply ``fn`` (default: features) chunk by chunk; returns float32 numpy (S, ...)."""
+        fn = fn or self.features
+        x_all = torch.as_tensor(imgs)
+        if self.device.type == "cuda":
+            x_all = x_all.pin_memory()
+        outs = []
+        for start in range(0, len(x_all), self.chunk):
+            x = x_all[start:start + self.chunk].to(self.device, non_blocking=True)
+            if self.channels_last:
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(self.device, self.amp):
+                y = fn(x)
+                if self.tta_flip:
+                    y = (y + fn(torch.flip(x, dims=[3]))) / 2
+            outs.append(y.float().cpu())
+        return torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)

@@ -1,0 +1,34 @@
+"""The original's study-level split and the k-fold view of it used by every trainer."""
+import numpy as np
+from sklearn.model_selection import StratifiedKFold
+
+from .errors import PipelineError
+
+N_SPLITS = 15
+
+
+def assign_folds(df, n_splits=N_SPLITS, seed=42):
+    """{StudyInstanceUID: fold id}: StratifiedKFold over sorted studies on negative_exam_for_pe."""
+    flags = df.groupby("StudyInstanceUID")["negative_exam_for_pe"].max().sort_index()
+    if len(flags) < n_splits:
+        raise PipelineError(f"train.csv has {len(flags)} studies; the {n_splits}-fold split needs "
+                            f"at least {n_splits}")
+    negative = (flags.values == 1).astype(int)
+    skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    fold = np.empty(len(flags), dtype=int)
+    for k, (_, val) in enumerate(skf.split(np.zeros(len(flags)), negative)):
+        fold[val] = k
+    return dict(zip(flags.index, fold))
+
+
+def val_fold_ids(fold, k_fold, n_splits=N_SPLITS):
+    """Fold ids a model fold validates on: with k_fold 3, fold f -> {5f, ..., 5f+4}."""
+    if not 0 <= fold < k_fold or n_splits % k_fold:
+        raise PipelineError(f"fold {fold} invalid for k_fold {k_fold} over {n_splits} fold ids")
+    per = n_splits // k_fold
+    return set(range(per * fold, per * (fold + 1)))
+
+
+def split_mask(fold_ids, fold, k_fold):
+    """Boolean array: True where a row/study with that fold id belongs to validation."""
+    return np.isin(np.asarray(fold_ids), sorted(val_fold_ids(fold, k_fold)))

@@ -1,0 +1,77 @@
+"""3-window JPEG slices on disk (stage 1's output, read by stages 3 and 4)."""
+import os
+import re
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from .dicom import DicomReadError, hu_to_image, series_files, slice_info, sort_slices, to_hu, _dcmread
+from .io import atomic_dir
+
+# 4:4:4: the three channels are independent windows, so no chroma subsampling.
+def jpeg_params(quality=95):
+    return [cv2.IMWRITE_JPEG_QUALITY, int(quality),
+            cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
+
+
+def jpeg_name(z_pos_order, sop):
+    return f"{z_pos_order:04d}_{sop}.jpg"
+
+
+_NAME = re.compile(r"^(\d{4,})_(.+)\.jpg$")
+
+
+def parse_jpeg_name(name):
+    """'0012_1.2.3.jpg' -> (12, '1.2.3')."""
+    m = _NAME.match(name)
+    return (int(m.group(1)), m.group(2)) if m else None
+
+
+def read_jpeg(path):
+    """RGB uint8 (H, W, 3); a missing or corrupt file is a one-line error naming it."""
+    img = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if img is None:
+        raise DicomReadError(path, f"missing or unreadable JPEG")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def convert_series(series_dir, out_dir, size, quality=95):
+    """DICOM series -> ``out_dir/<zzzz>_<SOP>.jpg``; returns manifest rows.
+
+    One slice in memory at a time: each file is read once, windowed and written under its SOP
+    name into a temporary folder; once every slice's z is known the files are renamed to their
+    z order and the folder is renamed into place, so ``out_dir`` exists only when complete.
+    Raises DicomReadError (naming the file) if any slice is unreadable; nothing is written then.
+    """
+    params = jpeg_params(quality)
+    infos = []
+    with atomic_dir(out_dir) as tmp:
+        for f in series_files(series_dir):
+            ds = _dcmread(f, header_only=False)
+            info = slice_info(f, ds)
+            bgr = hu_to_image(to_hu(ds, f), size, bgr=True)
+            if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr, params):
+                raise DicomReadError(tmp, f"cannot write JPEG for {f}")
+            infos.append(info)
+        order = sort_slices(infos, where=str(series_dir))
+        if len({i.sop for i in order}) != len(order):
+            raise DicomReadError(series_dir, f"duplicate SOPInstanceUID")
+        for k, info in enumerate(order):
+            os.rename(tmp / f"{info.sop}.jpg", tmp / jpeg_name(k, info.sop))
+    return [(k, i.sop, i.z) for k, i in enumerate(order)]
+
+
+def list_series_jpegs(series_dir):
+    """(z_pos_order, sop, path) of a converted series, in z order."""
+    out = []
+    for p in Path(series_dir).iterdir():
+        parsed = parse_jpeg_name(p.name)
+        if parsed:
+            out.append((*parsed, p))
+    return sorted(out)
+
+
+def read_series_jpegs(paths):
+    """Stack JPEGs into uint8 (S, 3, H, W) RGB, the npz/tensor layout."""
+    return np.stack([read_jpeg(p).transpose(2, 0, 1) for p in paths]) if paths else None

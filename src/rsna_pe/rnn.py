@@ -1,0 +1,337 @@
+"""Stage 6: the LSTM head over a series' CNN embeddings (contract section 5).
+
+``RNNHead`` turns one series' per-slice embeddings (z order) into per-slice
+``pe_present_on_image`` logits and the 9 exam logits. ``RNNTask`` plugs it into the shared
+trainer: datasets over the dumped embeddings of one CNN run and fold, the loss, validation
+metrics, and the out-of-fold predictions written after training.
+"""
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
+from torch.utils.data import DataLoader, Dataset
+
+from . import metric, paths
+from .errors import PipelineError
+from .folds import split_mask
+from .io import atomic_to_csv, atomic_write_text, read_csv
+from .labels import EXAM_LABELS, ID_COLUMNS, LABELS
+
+log = logging.getLogger(__name__)
+
+N_EXAM = len(EXAM_LABELS)
+
+
+# ----------------------------------------------------------------------------- model
+
+class RNNHead(nn.Module):
+    """Two stacked bidirectional LSTMs, a per-slice head and an attention-pooled exam head.
+
+    ``forward(emb (B, S, D), lengths (B,)) -> (image_logits (B, S), exam_logits (B, 9))``.
+    Series of different lengths share a batch through packed sequences and a masked
+    attention, so a series' outputs do not depend on what it is batched with; logits at
+    padded positions are meaningless (zero) and must be ignored.
+    """
+
+    def __init__(self, input_dim=2560, hidden=128, layers=3, dropout=0.5):
+        super().__init__()
+        width = 2 * hidden  # bidirectional outputs, 256 in the recipe
+
+        def lstm(n_in):
+            return nn.LSTM(n_in, hidden, num_layers=layers, bias=False, batch_first=True,
+                           bidirectional=True, dropout=dropout if layers > 1 else 0.0)
+
+        self.input_dim = input_dim
+        self.lstm1 = lstm(input_dim)
+        self.lstm2 = lstm(width)
+        self.image_head = nn.Sequential(
+            nn.Linear(width, width, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(width, 1, bias=False))
+        self.attention1 = nn.Linear(width, 1)
+        self.attention2 = nn.Linear(width, 1)
+        self.exam_head = nn.Sequential(
+            nn.Linear(width, width, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
+            nn.Linear(width, N_EXAM, bias=False))
+
+    @staticmethod
+    def _attend(score_layer, out, mask):
+        """Softmax over the real slices only, then the weighted sum of ``out``."""
+        scores = score_layer(out).squeeze(-1).masked_fill(~mask, float("-inf"))
+        weights = torch.softmax(scores, dim=1)
+        return torch.bmm(weights.unsqueeze(1), out).squeeze(1)
+
+    def forward(self, emb, lengths):
+        steps = emb.shape[1]
+        # pack_padded_sequence wants CPU int64 lengths; enforce_sorted=False sorts internally.
+        lengths_cpu = torch.as_tensor(lengths).to("cpu", torch.int64)
+        packed = pack_padded_sequence(emb, lengths_cpu, batch_first=True, enforce_sorted=False)
+        p1, _ = self.lstm1(packed)
+        p2, _ = self.lstm2(p1)  # packed in, packed out: the second LSTM never sees padding
+        o1, _ = pad_packed_sequence(p1, batch_first=True, total_length=steps)
+        o2, _ = pad_packed_sequence(p2, batch_first=True, total_length=steps)
+        image_logits = self.image_head(o1 + o2).squeeze(-1)
+        mask = torch.arange(steps, device=emb.device)[None, :] < lengths_cpu.to(emb.device)[:, None]
+        pooled = self._attend(self.attention1, o1, mask) + self._attend(self.attention2, o2, mask)
+        return image_logits, self.exam_head(pooled)
+
+
+def build_rnn(model_cfg):
+    """The head from a config's ``model`` block."""
+    m = dict(model_cfg)
+    return RNNHead(input_dim=int(m.get("input_dim", 2560)), hidden=int(m.get("hidden", 128)),
+                   layers=int(m.get("layers", 3)), dropout=float(m.get("dropout", 0.5)))
+
+
+def slice_mask(lengths, steps, device=None):
+    """(B, steps) bool, True at real slices."""
+    lengths = torch.as_tensor(lengths, device=device)
+    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+
+
+def rnn_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):
+    """Mean of the image-level BCE over real slices and the exam-level BCE over 9 labels."""
+    mask = slice_mask(lengths, image_logits.shape[1], device=image_logits.device)
+    image = F.binary_cross_entropy_with_logits(image_logits[mask].float(), image_labels[mask].float())
+    exam = F.binary_cross_entropy_with_logits(exam_logits.float(), exam_labels.float())
+    return (image + exam) / 2
+
+
+# ----------------------------------------------------------------------------- data
+
+_CSV_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "z_pos_order", "fold", *LABELS)
+
+
+def read_fold_csv(csv_path):
+    """The fold csv's ids, labels and fold column (only the columns stage 6 needs)."""
+    return read_csv(csv_path, required=[c for c in _CSV_COLUMNS if c != "z_pos_order"],
+                    usecols=lambda c: c in _CSV_COLUMNS, dtype={c: str for c in ID_COLUMNS})
+
+
+class EmbeddingDataset(Dataset):
+    """One item per series: its dumped embeddings (S, D) in z order, labels (S, 10), SOP ids."""
+
+    def __init__(self, root, series):
+        self.root = Path(root)
+        self.series = list(series)  # [(study, series), ...]
+        missing = [s for s in self.series if not self.file(s).is_file()]
+        if missing:
+            raise PipelineError(f"{len(missing)} series have no dumped embeddings, e.g. "
+                                f"{self.file(missing[0])} (run dump_embeddings for this CNN run and fold)")
+
+    def file(self, item):
+        return paths.series_file(self.root, *item)
+
+    def __len__(self):
+        return len(self.series)
+
+    def __getitem__(self, i):
+        study, series = self.series[i]
+        path = self.file(self.series[i])
+        try:
+            with np.load(path, allow_pickle=False) as z:
+                emb, labels, sop = z["embeddings"], z["labels"], z["sop"]
+        except (OSError, KeyError, ValueError) as e:
+            raise PipelineError(f"{path}: unreadable embeddings ({type(e).__name__}: {e})") from None
+        if emb.ndim != 2 or len(emb) == 0 or labels.shape != (len(emb), len(LABELS)) or len(sop) != len(emb):
+            raise PipelineError(f"{path}: expected embeddings (S, D), labels (S, {len(LABELS)}), "
+                                f"sop (S,) with S > 0; got {emb.shape}, {labels.shape}, {sop.shape}")
+        return {"emb": torch.from_numpy(np.ascontiguousarray(emb, dtype=np.float32)),
+                "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.float32)),
+                "sop": sop.astype(str), "study": study, "series": series}
+
+
+def collate(items):
+    """Pad to the longest series in this batch; keep lengths, SOP and study ids."""
+    lengths = torch.tensor([len(it["emb"]) for it in items], dtype=torch.int64)
+    steps, dim = int(lengths.max()), items[0]["emb"].shape[1]
+    emb = torch.zeros(len(items), steps, dim, dtype=torch.float32)
+    image_labels = torch.zeros(len(items), steps, dtype=torch.float32)
+    for i, it in enumerate(items):
+        n = len(it["emb"])
+        emb[i, :n] = it["emb"]
+        image_labels[i, :n] = it["labels"][:, -1]
+    # Exam labels repeat on every slice of a study; take the first row's.
+    exam_labels = torch.stack([it["labels"][0, :N_EXAM] for it in items])
+    return {"emb": emb, "lengths": lengths, "image_labels": image_labels,
+            "exam_labels": exam_labels, "sop": [it["sop"] for it in items],
+            "study": [it["study"] for it in items], "series": [it["series"] for it in items]}
+
+
+# ----------------------------------------------------------------------------- task
+
+def _sigmoid(x):
+    return 1.0 / (1.0 + np.exp(-np.asarray(x, dtype=np.float64)))
+
+
+def _bce_logits(logits, target):
+    """Mean binary cross-entropy from logits (numpy, numerically stable)."""
+    x = np.asarray(logits, dtype=np.float64)
+    y = np.asarray(target, dtype=np.float64)
+    return float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))) if x.size else float("nan")
+
+
+def merge_outputs(outs):
+    """Every batch's ``out`` -> one record per study, in first-seen order.
+
+    A distributed sampler repeats a few series to even out ranks; repeats are dropped.
+    """
+    seen, rec = set(), {k: [] for k in ("study", "sop", "exam_logits", "image_logits",
+                                        "exam_true", "image_true")}
+    for out in outs:
+        for i, study in enumerate(out["study"]):
+            if study in seen:
+                continue
+            seen.add(study)
+            for k in rec:
+                rec[k].append(out[k][i])
+    rec["exam_logits"] = np.asarray(rec["exam_logits"], dtype=np.float64).reshape(-1, N_EXAM)
+    rec["exam_true"] = np.asarray(rec["exam_true"], dtype=np.float64).reshape(-1, N_EXAM)
+    return rec
+
+
+def _series_of(df, source):
+    """Sorted (study, series) pairs of a fold csv part; one series per study is expected."""
+    pairs = df[["StudyInstanceUID", "SeriesInstanceUID"]].drop_duplicates().astype(str)
+    dup = pairs["StudyInstanceUID"].duplicated()
+    if dup.any():
+        raise PipelineError(f"{source}: study {pairs.loc[dup, 'StudyInstanceUID'].iloc[0]} has several "
+                            "series; one series per study is expected")
+    return sorted(map(tuple, pairs.to_numpy()))
+
+
+class RNNTask:
+    """The trainer's task for ``network: rnn`` (see trainer.py for the engine)."""
+
+    collate_fn = staticmethod(collate)
+
+    def __init__(self, cfg):
+        self.cfg = cfg
+        ds = cfg["dataset"]
+        self.fold, self.k_fold = int(ds["fold"]), int(ds["k_fold"])
+        self.cnn_run = str(ds["cnn_run"])
+        self.dump = paths.dump_dir(ds["dump_root"], self.cnn_run, self.fold)
+        self._split = None
+        loss = (cfg.get("loss") or {}).get("name", "bce")
+        if loss != "bce":  # the head's loss is fixed by the recipe; a typo must not pass silently
+            raise PipelineError(f"loss.name '{loss}': the LSTM head trains with bce only "
+                                "(the CNN run, dataset.cnn_run, carries the focal/bce choice)")
+
+    # -- data
+    def split(self):
+        """(train series, val series, label prior of the training part), from the fold csv."""
+        if self._split is None:
+            csv = self.cfg["dataset"]["csv"]
+            df = read_fold_csv(csv)
+            is_val = split_mask(df["fold"], self.fold, self.k_fold)
+            train, val = _series_of(df[~is_val], csv), _series_of(df[is_val], csv)
+            if not train or not val:
+                raise PipelineError(f"{csv}: fold {self.fold} of {self.k_fold} "
+                                    f"leaves {len(train)} training and {len(val)} validation series")
+            self._split = (train, val, metric.prior_prediction(df[~is_val], source=csv))
+        return self._split
+
+    def datasets(self):
+        train, val, _ = self.split()
+        train_ds, val_ds = EmbeddingDataset(self.dump, train), EmbeddingDataset(self.dump, val)
+        dim = train_ds[0]["emb"].shape[1]
+        want = int(self.cfg["model"]["input_dim"])
+        if dim != want:
+            raise PipelineError(f"{train_ds.file(train[0])}: embeddings have {dim} features, "
+                                f"config model.input_dim is {want}")
+        log.info("rnn fold %d: %d train / %d val series from %s", self.fold, len(train), len(val), self.dump)
+        return train_ds, val_ds
+
+    def build_model(self):
+        return build_rnn(self.cfg["model"])
+
+    def extra_state(self):
+        return {"cnn_run": self.cnn_run, "prior": self.split()[2]}
+
+    # -- steps
+    def step(self, model, batch, device):
+        emb = batch["emb"].to(device, non_blocking=True)
+        lengths = batch["lengths"]
+        image_labels = batch["image_labels"].to(device, non_blocking=True)
+        exam_labels = batch["exam_labels"].to(device, non_blocking=True)
+        image_logits, exam_logits = model(emb, lengths)
+        loss = rnn_loss(image_logits, exam_logits, image_labels, exam_labels, lengths)
+        if model.training:  # the engine only reads `out` in validation
+            return loss, {}
+        img = image_logits.detach().float().cpu().numpy()
+        n = lengths.tolist()
+        out = {"study": list(batch["study"]), "sop": list(batch["sop"]),
+               "exam_logits": exam_logits.detach().float().cpu().numpy(),
+               "image_logits": [img[i, :k] for i, k in enumerate(n)],
+               "exam_true": batch["exam_labels"].numpy(),
+               "image_true": [batch["image_labels"][i, :k].numpy() for i, k in enumerate(n)]}
+        return loss, out
+
+    def val_metrics(self, outs):
+        return evaluate(merge_outputs(outs))["metrics"]
+
+    # -- after training
+    @torch.no_grad()
+    def predict(self, model, loader, device):
+        model.eval()
+        return merge_outputs([self.step(model, batch, device)[1] for batch in loader])
+
+    def finish(self, model, run_dir, val_loader, device):
+        """With the best weights: predict every validation series; write oof.csv (post-processed,
+        submission layout), scores.json and prior.json into the run folder.
+
+        A loader of its own over the whole validation set: the engine's may be one rank's shard.
+        """
+        ds = val_loader.dataset
+        loader = DataLoader(ds, batch_size=val_loader.batch_size or 1, shuffle=False,
+                            num_workers=0, collate_fn=collate)
+        rec = self.predict(model, loader, device)
+        expected = sorted({study for study, _ in ds.series})
+        if sorted(rec["study"]) != expected:
+            raise PipelineError(f"{run_dir}: predicted {len(rec['study'])} of {len(expected)} validation studies")
+        ev = evaluate(rec)
+        run_dir = Path(run_dir)
+        atomic_to_csv(metric.to_submission(rec["study"], ev["exam_pp"], rec["sop"], ev["img_prob"]),
+                      run_dir / "oof.csv")
+        m = ev["metrics"]
+        scores = {"cnn_run": self.cnn_run, "fold": self.fold, "studies": len(rec["study"]),
+                  "images": int(sum(len(s) for s in rec["sop"])), "val_loss": m["val_loss"],
+                  "score": m["score"], "score_postprocessed": m["score_pp"],
+                  "per_label": ev["per_label"].to_dict(orient="records"),
+                  "per_label_postprocessed": ev["per_label_pp"].to_dict(orient="records")}
+        atomic_write_text(run_dir / "scores.json", json.dumps(scores, indent=2) + "\n")
+        self.write_prior(run_dir)
+        log.info("oof: %d studies, score %.5f (post-processed %.5f) -> %s",
+                 scores["studies"], m["score"], m["score_pp"], run_dir / "oof.csv")
+
+    def write_prior(self, run_dir):
+        """prior.json: the label prior inference falls back on for a study it cannot read."""
+        atomic_write_text(Path(run_dir) / "prior.json", json.dumps(self.split()[2], indent=2) + "\n")
+
+
+def evaluate(rec):
+    """Scores of merged outputs: ``metrics`` for the trainer's log (val_loss, the competition
+    score raw and post-processed, per-label log loss), the probabilities, the post-processed
+    exam probabilities and the per-label tables (raw and post-processed)."""
+    img_logits = np.concatenate(rec["image_logits"]) if rec["image_logits"] else np.zeros(0)
+    img_true = np.concatenate(rec["image_true"]) if rec["image_true"] else np.zeros(0)
+    image_loss = _bce_logits(img_logits, img_true)
+    exam_loss = _bce_logits(rec["exam_logits"], rec["exam_true"])
+    exam_prob = _sigmoid(rec["exam_logits"])
+    img_prob = [_sigmoid(x) for x in rec["image_logits"]]
+    exam_pp = metric.postprocess(exam_prob, img_prob)
+    truth = (rec["exam_true"], rec["image_true"])
+    m = {"val_loss": (image_loss + exam_loss) / 2, "val_loss_image": image_loss, "val_loss_exam": exam_loss,
+         "score": float(metric.weighted_log_loss(truth[0], exam_prob, truth[1], img_prob)),
+         "score_pp": float(metric.weighted_log_loss(truth[0], exam_pp, truth[1], img_prob))}
+    per_label = metric.per_label_log_loss(truth[0], exam_prob, truth[1], img_prob)
+    per_label_pp = metric.per_label_log_loss(truth[0], exam_pp, truth[1], img_prob)
+    for label, ll in zip(per_label["label"], per_label["logloss"]):
+        m[f"logloss_{label}"] = float(ll)
+    return {"metrics": m, "exam_prob": exam_prob, "img_prob": img_prob, "exam_pp": exam_pp,
+            "per_label": per_label, "per_label_pp": per_label_pp}
