@@ -39,12 +39,12 @@ def test_lookup_equals_formula_everywhere():
 
 def test_jpeg_channel_order_is_lung_pe_mediastinal(tmp_path):
     hu = np.full((32, 32), -600, dtype=np.int32)  # lung window midpoint; PE 0; mediastinal 0
-    hu[:, 16:] = 100                               # lung 191, PE 128, mediastinal 166
+    hu[:, 16:] = 100                               # lung 246.5, PE 127.5, mediastinal 165.75
     path = tmp_path / "x.jpg"
     cv2.imwrite(str(path), hu_to_rgb(hu, bgr=True), jpeg_params(95))
     rgb = read_jpeg(path)
     assert abs(int(rgb[5, 5, 0]) - 128) <= 2 and rgb[5, 5, 1] <= 2 and rgb[5, 5, 2] <= 2
-    assert np.abs(rgb[5, 25].astype(int) - [191, 128, 166]).max() <= 2
+    assert np.abs(rgb[5, 25].astype(int) - [247, 128, 166]).max() <= 2
 
 
 def _write(path, text):
