@@ -34,7 +34,7 @@ step "scores (weighted log loss, lower is better)"
   --prior data/train.csv --json output/test_score.json
 "$PY" "$SRC/evaluate.py" --labels data/fold/ver1/train-jpegs-64/train.csv \
   output/train_rnn/*/fold_*/oof.csv --prior data/train.csv --json output/cv_score.json
-"$PY" "$SRC/demo_summary.py" output/test_score.json output/cv_score.json
+"$PY" "$HERE/scripts/demo_summary.py" output/test_score.json output/cv_score.json
 
 step "one study report"
 study_dir=$(find data/test -mindepth 2 -maxdepth 2 -type d | sort | head -n 1)

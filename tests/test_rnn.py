@@ -1,4 +1,6 @@
 """Stage 6, the LSTM head: padding invariance, loss, data split over dumped embeddings, oof."""
+import json
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -169,3 +171,55 @@ def test_embedding_width_must_match_config(tmp_path):
     cfg["model"]["input_dim"] = 2560
     with pytest.raises(PipelineError, match="input_dim"):
         RNNTask(cfg).datasets()
+
+
+# ----------------------------------------------------------------------------- scores, oof
+
+def expected_oof_ids(csv, fold=0):
+    """Every validation SOP plus nine exam rows per validation study, from the fold csv."""
+    df = pd.read_csv(csv, dtype=str)
+    val = df[df["fold"].astype(int).between(5 * fold, 5 * fold + 4)]
+    return sorted(list(val["SOPInstanceUID"]) +
+                  [f"{s}_{k}" for s in val["StudyInstanceUID"].unique() for k in EXAM_LABELS])
+
+
+def test_finish_writes_oof_of_exactly_the_validation_studies(tmp_path):
+    csv = make_dump(tmp_path)
+    task = RNNTask(task_cfg(tmp_path, csv))
+    train_ds, val_ds = task.datasets()
+    model = task.build_model()
+    loader = torch.utils.data.DataLoader(val_ds, batch_size=1, collate_fn=task.collate_fn)
+    run = tmp_path / "run"
+    task.finish(model, run, loader, torch.device("cpu"))
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    assert sorted(oof["id"]) == expected_oof_ids(csv)
+    assert oof["label"].between(0, 1).all()
+    # Post-processed: no consistency rule broken.
+    from rsna_pe import metric
+    studies = ["1.2.0", "1.2.1"]
+    sops = [[f"1.4.{i}.{k}" for k in range(n)] for i, n in ((0, 4), (1, 6))]
+    exam, img = metric.from_submission(oof, studies, sops)
+    assert not any(metric.consistency_violations(exam, img))
+    scores = json.loads((run / "scores.json").read_text())
+    assert scores["studies"] == 2 and scores["images"] == 10 and scores["cnn_run"] == "cnn_a"
+    assert json.loads((run / "prior.json").read_text()) == task.extra_state()["prior"]
+
+
+def test_val_metrics_drop_repeated_series_and_match_the_metric(tmp_path):
+    from rsna_pe import metric
+    csv = make_dump(tmp_path)
+    task = RNNTask(task_cfg(tmp_path, csv))
+    _, val_ds = task.datasets()
+    model = task.build_model().eval()
+    with torch.no_grad():
+        outs = [task.step(model, collate([val_ds[0], val_ds[1]]), "cpu")[1],
+                task.step(model, collate([val_ds[1]]), "cpu")[1]]  # as a distributed sampler repeats
+        m = task.val_metrics(outs)
+        single = task.val_metrics(outs[:1])
+    assert m == single
+    o = outs[0]
+    sig = lambda x: 1 / (1 + np.exp(-np.asarray(x, np.float64)))
+    want = metric.weighted_log_loss(o["exam_true"], sig(o["exam_logits"]), o["image_true"],
+                                    [sig(x) for x in o["image_logits"]])
+    assert m["score"] == pytest.approx(want)
+    assert {"val_loss", "score", "score_pp", f"logloss_{IMAGE_LABEL}"} <= set(m)

@@ -45,6 +45,8 @@ log = logging.getLogger(__name__)
 
 VERSION = 1  # bump when the phantom or the plan changes, so old sets are not taken as current
 COMPRESSED_SYNTAXES = (JPEGLosslessSV1, JPEG2000Lossless, RLELossless)
+# Compressed series take these in turn: JPEG 2000 is rarer since it encodes ~5x slower.
+_COMPRESSION_CYCLE = (JPEGLosslessSV1, RLELossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless)
 MANIFEST = "synthetic.json"
 OUTPUT_NAMES = ("train", "test", "train.csv", "test.csv", "sample_submission.csv",
                 "test_labels.csv", MANIFEST)
@@ -447,7 +449,7 @@ def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fracti
         mats = [matrix] * (n - n_odd) + [_odd_matrices(matrix)[i % 2] for i in range(n_odd)]
         rng.shuffle(mats)
         n_comp = int(round(compressed_fraction * n))
-        tss = ([str(COMPRESSED_SYNTAXES[i % 3]) for i in range(n_comp)]
+        tss = ([str(_COMPRESSION_CYCLE[i % len(_COMPRESSION_CYCLE)]) for i in range(n_comp)]
                + [str(ExplicitVRLittleEndian)] * (n - n_comp))
         rng.shuffle(tss)
         n_resc = int(round(odd_rescale_fraction * n))
@@ -555,7 +557,8 @@ class Canvas:
     def __init__(self, n, fill):
         self.n = n
         self.c = ((np.arange(n) + 0.5) * 2 / n - 1).astype(np.float32)  # pixel centres
-        self.img = np.full((n, n), fill, np.float32)
+        self.img = (np.array(fill, np.float32) if np.ndim(fill) == 2
+                    else np.full((n, n), fill, np.float32))
 
     def box(self, bbox):
         x0, x1, y0, y1 = bbox
@@ -617,6 +620,7 @@ class Phantom:
                 self.vessels.append((side, ta, tb, *map(float, p), float(rng.uniform(0.008, 0.02)),
                                      float(rng.uniform(0.35, 0.8))))
         self.flow_t = (float(rng.uniform(0.2, 0.4)), float(rng.uniform(0.45, 0.6)))
+        self._base = None
 
     # -- geometry along t --
     def lungs(self, t):
@@ -652,10 +656,13 @@ class Phantom:
     def slice(self, k, rng):
         spec = self.spec
         t = spec.t[k]
-        cv = Canvas(spec.matrix, -1000.0)
         bx, by, ax, ay = self.body
-        cv.paint(Disk(bx, by, ax, ay), -100.0)
-        cv.paint(Disk(bx, by, ax - self.fat, ay - self.fat), 40.0)
+        if self._base is None:  # the body outline is the same on every slice: draw it once
+            cv = Canvas(spec.matrix, -1000.0)
+            cv.paint(Disk(bx, by, ax, ay), -100.0)
+            cv.paint(Disk(bx, by, ax - self.fat, ay - self.fat), 40.0)
+            self._base = cv.img.copy()
+        cv = Canvas(spec.matrix, self._base)
         lungs = self.lungs(t)
         for lung in lungs:  # gravity: posterior lung a little denser
             cv.paint(lung, lambda x, y, ly=lung: self.lung_hu + 50 * (y - ly.cy) / ly.ry)

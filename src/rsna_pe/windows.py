@@ -43,7 +43,7 @@ def hu_to_rgb(hu, bgr=False):
     Integer HU (the usual slope 1) take the table; fractional HU (rescaled or resized) take the
     exact formula."""
     if hu.dtype.kind in "iu":
-        idx = np.clip(hu, _HU_LO, _HU_HI).astype(np.intp, copy=False)
+        idx = np.clip(hu, _HU_LO, _HU_HI).astype(np.int32, copy=False)
         idx -= _HU_LO
         packed = lut(bgr)[idx].view(np.uint8).reshape(*hu.shape, 4)
         # OpenCV drops the spare byte faster than a numpy strided copy.

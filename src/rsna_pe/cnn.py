@@ -1,0 +1,309 @@
+"""Stage 3: the slice-level CNN (timm backbone + GeM + MLP head), its data and its Task.
+
+The network takes RGB (lung, PE, mediastinal windows) in the 0-255 range, uint8 or float,
+and normalises inside ``forward`` with the backbone's pretrained mean/std, so later stages
+feed it exactly what the JPEGs/npz hold. ``features(x)`` is the pooled embedding (2560 for
+rexnet_200) that stage 5 dumps for the RNN.
+"""
+import logging
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import paths
+from .errors import PipelineError
+from .labels import ID_COLUMNS, IMAGE_LABEL
+from .losses import build_loss
+from .trainer import Task, split_by_fold
+
+log = logging.getLogger(__name__)
+
+# Augmentation sizes in the recipe are pixels at this image size; they scale with the size.
+REFERENCE_SIZE = 512
+
+
+# ----------------------------------------------------------------------------- model
+class GeM(nn.Module):
+    """Generalised-mean pooling: ``mean(clamp(x, eps) ** p) ** (1 / p)`` with learnable p."""
+
+    def __init__(self, p=3.0, eps=1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x):
+        # fp32: pow of bf16/fp16 activations loses the small values GeM is meant to keep.
+        x = x.float().clamp(min=self.eps).pow(self.p)
+        return x.mean(dim=(-2, -1)).pow(1.0 / self.p)
+
+
+class AvgPool(nn.Module):
+    def forward(self, x):
+        return x.float().mean(dim=(-2, -1))
+
+
+POOLS = {"gem": GeM, "avg": AvgPool}
+
+
+class RSNACNN(nn.Module):
+    """timm backbone (feature map) -> pool -> dropout -> Linear-BN-ReLU-Linear -> 1 logit."""
+
+    def __init__(self, backbone, pool="gem", pool_params=None, dropout=0.5, hidden=256,
+                 mean=None, std=None):
+        super().__init__()
+        self.backbone = backbone
+        if pool not in POOLS:
+            raise PipelineError(f"unknown model.pool '{pool}' (choose from {', '.join(POOLS)})")
+        self.pool = POOLS[pool](**(pool_params or {}))
+        n = backbone.num_features
+        self.num_features = n
+        self.drop = nn.Dropout(dropout)
+        self.head = nn.Sequential(nn.Linear(n, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
+                                  nn.Linear(hidden, 1))
+        data_cfg = backbone.pretrained_cfg or {}
+        mean = mean or data_cfg.get("mean", (0.485, 0.456, 0.406))
+        std = std or data_cfg.get("std", (0.229, 0.224, 0.225))
+        # Stored in the state dict: a checkpoint normalises exactly as it was trained.
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1) * 255)
+
+    def features(self, x):
+        """(B,3,H,W) RGB 0-255 -> (B, num_features) pooled embedding (before dropout/head)."""
+        x = (x.float() - self.mean) / self.std
+        return self.pool(self.backbone.forward_features(x))
+
+    def forward(self, x):
+        """(B,3,H,W) RGB 0-255 -> (B,) logits of pe_present_on_image."""
+        return self.head(self.drop(self.features(x))).squeeze(-1)
+
+
+def _no_weights_error(name, err):
+    return PipelineError(
+        f"cannot download {name} pretrained weights (no network? {type(err).__name__}); set "
+        f"model.pretrained_file=PATH to a local weights file or model.pretrained=false")
+
+
+def load_backbone_file(backbone, path):
+    """Load a local weights file into the timm backbone.
+
+    Accepts a timm/hub state dict (.pth/.bin/.safetensors, classifier keys ignored) or one of
+    our checkpoints (its ``backbone.*`` weights).
+    """
+    import timm.models
+
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"model.pretrained_file not found: {path}")
+    try:
+        sd = timm.models.load_state_dict(str(path), use_ema=False, weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file is the user's to fix
+        raise PipelineError(f"cannot read weights from {path}: {type(e).__name__}: {e}") from None
+    if any(k.startswith("backbone.") for k in sd):
+        sd = {k[len("backbone."):]: v for k, v in sd.items() if k.startswith("backbone.")}
+    own = backbone.state_dict()
+    missing = [k for k in own if k not in sd]
+    bad = [k for k in own if k in sd and tuple(sd[k].shape) != tuple(own[k].shape)]
+    if missing or bad:
+        what = f"{len(missing)} missing keys (e.g. {missing[0]})" if missing else \
+            f"{len(bad)} keys of another shape (e.g. {bad[0]})"
+        raise PipelineError(f"{path} does not fit backbone {type(backbone).__name__}: {what}")
+    backbone.load_state_dict({k: sd[k] for k in own}, strict=True)
+    log.info("loaded backbone weights from %s", path)
+
+
+def build_cnn(mcfg):
+    """Build the CNN from ``cfg['model']``; pretrained weights from the hub or a local file."""
+    import timm
+
+    name = mcfg["backbone"]
+    kw = dict(num_classes=0, global_pool="")
+    file = mcfg.get("pretrained_file") or ""
+    if mcfg.get("pretrained") and not file:
+        try:
+            backbone = timm.create_model(name, pretrained=True, **kw)
+        except Exception as e:  # noqa: BLE001 - offline hub errors come in many types
+            raise _no_weights_error(name, e) from None
+    else:
+        try:
+            backbone = timm.create_model(name, pretrained=False, **kw)
+        except RuntimeError as e:
+            raise PipelineError(f"unknown model.backbone '{name}': {e}") from None
+        if file:
+            load_backbone_file(backbone, file)
+    pool_params = {"p": mcfg.get("gem_p", 3.0), "eps": mcfg.get("gem_eps", 1e-6)} \
+        if mcfg.get("pool", "gem") == "gem" else {}
+    return RSNACNN(backbone, pool=mcfg.get("pool", "gem"), pool_params=pool_params,
+                   dropout=mcfg.get("dropout", 0.5), hidden=mcfg.get("hidden", 256),
+                   mean=mcfg.get("mean"), std=mcfg.get("std"))
+
+
+# ----------------------------------------------------------------------------- data
+def jpeg_path(root, study, series, z, sop):
+    """``<root>/<study>/<series>/<zzzz>_<SOP>.jpg`` (contract section 3)."""
+    return f"{root}/{study}/{series}/{int(z):04d}_{sop}.jpg"
+
+
+def _reduce_flag(src_size, size):
+    """cv2 can decode a JPEG at 1/2, 1/4, 1/8 scale in the DCT domain: much faster than a
+    full decode plus resize when training below the stored size."""
+    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
+                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
+        if src_size and src_size >= factor * size:
+            return flag
+    return cv2.IMREAD_COLOR
+
+
+def read_jpeg(path, size, src_size=None):
+    """Decode to RGB uint8 (size, size, 3)."""
+    img = cv2.imread(path, _reduce_flag(src_size, size))
+    if img is None:
+        raise PipelineError(f"cannot read image {path}")
+    if img.shape[0] != size or img.shape[1] != size:
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA
+                         if img.shape[0] > size else cv2.INTER_LINEAR)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def build_train_transform(acfg, size):
+    """The original's train augmentation (contract section 5), pixel sizes scaled to ``size``."""
+    import albumentations as A
+
+    s = size / REFERENCE_SIZE
+    px = lambda v: max(1, int(round(v * s)))  # noqa: E731
+    ssr, drop = acfg["shift_scale_rotate"], acfg["dropout"]
+    shift, scale, rot = ssr["shift"], ssr["scale"], ssr["rotate"]
+    lo, hi = (px(v) for v in drop["coarse_size"])
+    ulo, uhi = (max(2, px(v)) for v in drop["grid_unit"])
+    return A.Compose([
+        A.HorizontalFlip(p=acfg["hflip"]),
+        # ShiftScaleRotate of albumentations 1.x, written as the Affine it now is.
+        A.Affine(translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
+                 scale=(1 - scale, 1 + scale), rotate=(-rot, rot), shear=(0, 0),
+                 interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101, p=ssr["p"]),
+        A.OneOf([
+            A.CoarseDropout(num_holes_range=(drop["coarse_holes"], drop["coarse_holes"]),
+                            hole_height_range=(lo, hi), hole_width_range=(lo, hi), fill=0),
+            A.GridDropout(ratio=drop["grid_ratio"], unit_size_range=(ulo, min(uhi, size)),
+                          random_offset=True, fill=0),
+        ], p=drop["p"]),
+    ])
+
+
+class SliceDataset(torch.utils.data.Dataset):
+    """One JPEG slice -> (uint8 HWC tensor, float label).
+
+    Images stay uint8 and channel-last until the GPU: a stacked (B,H,W,3) batch permuted to
+    (B,3,H,W) is already channels_last in memory, and 4x fewer bytes cross the bus than float.
+    The image is resized before augmenting (cheaper when training below the stored size).
+    """
+
+    def __init__(self, files, labels, size, src_size=None, transform=None):
+        # One numpy array, not a list of str: workers then share it without copy-on-access.
+        self.files = np.asarray([str(f).encode() for f in files])
+        self.labels = np.asarray(labels, dtype=np.float32)
+        self.size = size
+        self.src_size = src_size
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.files)
+
+    def __getitem__(self, i):
+        img = read_jpeg(self.files[i].decode(), self.size, self.src_size)
+        if self.transform is not None:
+            img = self.transform(image=img)["image"]
+        return torch.from_numpy(np.ascontiguousarray(img)), torch.tensor(self.labels[i])
+
+    def worker_init(self, seed):
+        """Called in each loader worker: one thread per worker (16 workers x N cv2/torch
+        threads would oversubscribe the cores) and a per-worker augmentation stream."""
+        cv2.setNumThreads(0)
+        torch.set_num_threads(1)
+        if self.transform is not None:
+            self.transform.set_random_seed(seed % 2**32)
+
+
+def read_fold_csv(path):
+    path = Path(path)
+    if not path.is_file():
+        raise PipelineError(f"fold csv not found: {path} (run src/make_csv.py first)")
+    df = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS})
+    need = [*ID_COLUMNS, IMAGE_LABEL, "z_pos_order", "fold"]
+    lack = [c for c in need if c not in df.columns]
+    if lack:
+        raise PipelineError(f"{path} lacks columns {', '.join(lack)}")
+    return df
+
+
+def slice_dataset(df, root, size, src_size=None, transform=None):
+    root = Path(root)
+    if not root.is_dir():
+        raise PipelineError(f"JPEG folder not found: {root} (run src/make_image.py first)")
+    series = df[["StudyInstanceUID", "SeriesInstanceUID"]].drop_duplicates()
+    for st, se in series.itertuples(index=False):
+        if not (root / st / se).is_dir():
+            raise PipelineError(f"no JPEGs for series {root / st / se}")
+    files = [jpeg_path(root, st, se, z, sop) for st, se, z, sop in
+             df[["StudyInstanceUID", "SeriesInstanceUID", "z_pos_order", "SOPInstanceUID"]]
+             .itertuples(index=False)]
+    return SliceDataset(files, df[IMAGE_LABEL].to_numpy(np.float32), size, src_size, transform)
+
+
+# ----------------------------------------------------------------------------- task
+class CNNTask(Task):
+    """Slice classifier on ``pe_present_on_image``."""
+
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        self.loss_fn = build_loss(cfg["loss"])
+        self.channels_last = cfg.get("train", {}).get("channels_last", True)
+
+    def build_model(self):
+        return build_cnn(self.cfg["model"])
+
+    def datasets(self):
+        dcfg = self.cfg["dataset"]
+        src, size = dcfg["jpeg_size"], dcfg["size"]
+        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src))
+        train_df, val_df = split_by_fold(df, dcfg["fold"], dcfg["k_fold"])
+        if len(train_df) == 0 or len(val_df) == 0:
+            raise PipelineError(f"fold {dcfg['fold']} leaves an empty train or val set in "
+                                f"{paths.fold_csv(dcfg['data_dir'], src)}")
+        root = paths.jpeg_dir(dcfg["data_dir"], src)
+        aug = self.cfg.get("augment")
+        transform = build_train_transform(aug, size) if aug and aug.get("enabled", True) else None
+        if transform is not None:
+            # Seeded from torch so a seeded run augments the same way without loader workers.
+            transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
+        return (slice_dataset(train_df, root, size, src, transform),
+                slice_dataset(val_df, root, size, src, None))
+
+    def step(self, model, batch, device):
+        x, y = batch
+        # (B,H,W,3) uint8 -> (B,3,H,W) view whose memory is channels_last; the model
+        # converts to float and normalises on the device.
+        x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)
+        if not self.channels_last:
+            x = x.contiguous()
+        y = y.to(device, non_blocking=True)
+        logits = model(x)
+        loss = self.loss_fn(logits.float(), y)
+        if model.training:
+            return loss, {}  # no device->host copy (a sync) on training steps
+        return loss, {"logits": logits.detach().float().cpu(), "labels": y.cpu()}
+
+    def val_metrics(self, outs):
+        from sklearn.metrics import roc_auc_score
+
+        logits = torch.cat([o["logits"] for o in outs])
+        labels = torch.cat([o["labels"] for o in outs])
+        loss = float(self.loss_fn(logits, labels))
+        acc = float(((logits > 0).float() == labels).float().mean())
+        y = labels.numpy()
+        auc = float(roc_auc_score(y, logits.numpy())) if 0 < y.sum() < len(y) else float("nan")
+        return {"val_loss": loss, "val_acc": acc, "val_auc": auc}
