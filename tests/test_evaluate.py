@@ -1,6 +1,7 @@
 """src/evaluate.py on small csv files: one file, the cross-validation average, the prior, errors."""
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -188,6 +189,5 @@ def test_bad_inputs_name_the_file(files, case):
         sub.loc[sub["id"] == "s0.1", "label"] = 1.2
         expect = "sub.csv: label of id s0.1 is not a number in [0, 1]"
     sub.to_csv(tmp / "sub.csv", index=False)
-    with pytest.raises(evaluate.PipelineError, match=expect.replace("(", r"\(").replace(")", r"\)")
-                       .replace("[", r"\[").replace("]", r"\]")):
+    with pytest.raises(evaluate.PipelineError, match=re.escape(expect)):
         evaluate.main(["--labels", str(labels), str(tmp / "sub.csv")])

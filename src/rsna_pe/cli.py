@@ -38,7 +38,7 @@ def run(main):
     try:
         rc = main()
     except PipelineError as e:
-        print(f"error: {e}", file=sys.stderr)
+        print("error: " + " ".join(str(e).split()), file=sys.stderr)  # always one line
         sys.exit(2)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

@@ -87,6 +87,16 @@ def broadcast_object(obj, d, src=0):
     return box[0]
 
 
+def broadcast_buffers(model, d, src=0):
+    """Copy rank ``src``'s buffers (BatchNorm running stats) to every rank. DDP syncs them
+    only at the start of a training forward, so after the last step each rank holds its own;
+    validation and checkpoints must all use rank 0's."""
+    if not d.enabled:
+        return
+    for b in model.buffers():
+        dist.broadcast(b.data, src=src)
+
+
 def mean_across(value, d):
     """Mean of a float over ranks."""
     if not d.enabled:

@@ -72,7 +72,8 @@ def read_csv(path, required=(), **kwargs):
     try:
         df = pd.read_csv(path, **kwargs)
     except Exception as e:
-        raise PipelineError(f"{path}: not a readable csv ({type(e).__name__}: {e})") from None
+        first = (str(e).splitlines() or [""])[0]
+        raise PipelineError(f"{path}: not a readable csv ({type(e).__name__}: {first})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}")

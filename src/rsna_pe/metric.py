@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+from sklearn.metrics import roc_auc_score
 
 from .errors import PipelineError
 from .labels import EXAM_LABELS, EXAM_WEIGHTS, IMAGE_LABEL, IMAGE_WEIGHT, LABELS
@@ -104,7 +105,6 @@ def weighted_log_loss(exam_true, exam_pred, img_true, img_pred):
 
 
 def _auc(y, p):
-    from sklearn.metrics import roc_auc_score
     if len(y) == 0 or np.unique(y).size < 2:
         return float("nan")
     return float(roc_auc_score(y, p))
@@ -278,7 +278,8 @@ def _valid(v):
 def _split(v, n, lengths):
     """Flat values over _wanted ids -> (exam_pred (n, 9), img_pred list)."""
     n_exam = n * len(EXAM_LABELS)
-    return v[:n_exam].reshape(n, len(EXAM_LABELS)), np.split(v[n_exam:], np.cumsum(lengths)[:-1])
+    img = np.split(v[n_exam:], np.cumsum(lengths)[:-1]) if n else []
+    return v[:n_exam].reshape(n, len(EXAM_LABELS)), img
 
 
 def _extract(df, study_ids, sops, source, covered_only):

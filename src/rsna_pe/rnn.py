@@ -30,24 +30,41 @@ N_EXAM = len(EXAM_LABELS)
 
 # ----------------------------------------------------------------------------- model
 
+def reverse_within(x, lengths):
+    """Reverse each series of a right-padded batch (B, S, ...) within its own length; the
+    padding stays at the end. Its own inverse."""
+    steps = torch.arange(x.shape[1], device=x.device)[None, :]
+    n = lengths[:, None]
+    idx = torch.where(steps < n, n - 1 - steps, steps)
+    return x.gather(1, idx.view(*idx.shape, *[1] * (x.dim() - 2)).expand_as(x))
+
+
 class RNNHead(nn.Module):
     """Two stacked bidirectional LSTMs, a per-slice head and an attention-pooled exam head.
 
     ``forward(emb (B, S, D), lengths (B,)) -> (image_logits (B, S), exam_logits (B, 9))``.
-    Series of different lengths share a batch through packed sequences and a masked
-    attention, so a series' outputs do not depend on what it is batched with; logits at
-    padded positions are meaningless (zero) and must be ignored.
+    A series' outputs do not depend on what it is batched with: no LSTM step reads padding
+    and the attention is masked; logits at padded positions are zero and must be ignored.
+
+    Two ways to run the LSTMs, same weights, same outputs: ``packed`` (pack_padded_sequence,
+    what cuDNN runs fastest) and ``layered`` (layer by layer on the padded batch, the backward
+    direction over each series reversed within its length). On CPU the packed backward pass is
+    several times slower than the padded one, which is why ``auto`` picks ``layered`` there.
     """
 
-    def __init__(self, input_dim=2560, hidden=128, layers=3, dropout=0.5):
+    IMPLS = ("auto", "packed", "layered")
+
+    def __init__(self, input_dim=2560, hidden=128, layers=3, dropout=0.5, impl="auto"):
         super().__init__()
+        if impl not in self.IMPLS:
+            raise PipelineError(f"model.impl '{impl}': choose from {', '.join(self.IMPLS)}")
         width = 2 * hidden  # bidirectional outputs, 256 in the recipe
 
         def lstm(n_in):
             return nn.LSTM(n_in, hidden, num_layers=layers, bias=False, batch_first=True,
                            bidirectional=True, dropout=dropout if layers > 1 else 0.0)
 
-        self.input_dim = input_dim
+        self.input_dim, self.impl = input_dim, impl
         self.lstm1 = lstm(input_dim)
         self.lstm2 = lstm(width)
         self.image_head = nn.Sequential(
@@ -58,6 +75,7 @@ class RNNHead(nn.Module):
         self.exam_head = nn.Sequential(
             nn.Linear(width, width, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(width, N_EXAM, bias=False))
+        self._templates = {}  # weightless one-layer LSTMs that run one layer of lstm1/lstm2
 
     @staticmethod
     def _attend(score_layer, out, mask):
@@ -66,17 +84,50 @@ class RNNHead(nn.Module):
         weights = torch.softmax(scores, dim=1)
         return torch.bmm(weights.unsqueeze(1), out).squeeze(1)
 
-    def forward(self, emb, lengths):
+    def _one_layer(self, lstm, layer, suffix, x):
+        """One direction of one layer of ``lstm`` on a padded batch, with that layer's weights."""
+        w_ih = getattr(lstm, f"weight_ih_l{layer}{suffix}")
+        w_hh = getattr(lstm, f"weight_hh_l{layer}{suffix}")
+        key = (w_ih.shape[1], w_ih.dtype)
+        if key not in self._templates:
+            self._templates[key] = nn.LSTM(w_ih.shape[1], lstm.hidden_size, bias=False, batch_first=True,
+                                           device="meta", dtype=w_ih.dtype)
+        return torch.func.functional_call(self._templates[key], {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh},
+                                          (x,))[0]
+
+    def _layered(self, lstm, x, lengths):
+        """``lstm`` (bidirectional, no bias) over a right-padded batch, as if packed."""
+        for layer in range(lstm.num_layers):
+            if layer:
+                x = F.dropout(x, lstm.dropout, self.training)
+            fwd = self._one_layer(lstm, layer, "", x)  # padding comes after the real steps
+            bwd = reverse_within(self._one_layer(lstm, layer, "_reverse", reverse_within(x, lengths)), lengths)
+            x = torch.cat([fwd, bwd], dim=-1)
+        return x
+
+    def _run_lstms(self, emb, lengths, mask):
+        impl = self.impl
+        if impl == "auto":
+            impl = "packed" if emb.is_cuda else "layered"
+        if impl == "layered":
+            o1 = self._layered(self.lstm1, emb, lengths)
+            o2 = self._layered(self.lstm2, o1, lengths)
+            m = mask.unsqueeze(-1).to(o1.dtype)
+            return o1 * m, o2 * m
         steps = emb.shape[1]
         # pack_padded_sequence wants CPU int64 lengths; enforce_sorted=False sorts internally.
-        lengths_cpu = torch.as_tensor(lengths).to("cpu", torch.int64)
-        packed = pack_padded_sequence(emb, lengths_cpu, batch_first=True, enforce_sorted=False)
+        packed = pack_padded_sequence(emb, lengths.cpu(), batch_first=True, enforce_sorted=False)
         p1, _ = self.lstm1(packed)
         p2, _ = self.lstm2(p1)  # packed in, packed out: the second LSTM never sees padding
         o1, _ = pad_packed_sequence(p1, batch_first=True, total_length=steps)
         o2, _ = pad_packed_sequence(p2, batch_first=True, total_length=steps)
+        return o1, o2
+
+    def forward(self, emb, lengths):
+        lengths = torch.as_tensor(lengths, dtype=torch.int64, device=emb.device)
+        mask = slice_mask(lengths, emb.shape[1])
+        o1, o2 = self._run_lstms(emb, lengths, mask)
         image_logits = self.image_head(o1 + o2).squeeze(-1)
-        mask = torch.arange(steps, device=emb.device)[None, :] < lengths_cpu.to(emb.device)[:, None]
         pooled = self._attend(self.attention1, o1, mask) + self._attend(self.attention2, o2, mask)
         return image_logits, self.exam_head(pooled)
 
@@ -85,7 +136,8 @@ def build_rnn(model_cfg):
     """The head from a config's ``model`` block."""
     m = dict(model_cfg)
     return RNNHead(input_dim=int(m.get("input_dim", 2560)), hidden=int(m.get("hidden", 128)),
-                   layers=int(m.get("layers", 3)), dropout=float(m.get("dropout", 0.5)))
+                   layers=int(m.get("layers", 3)), dropout=float(m.get("dropout", 0.5)),
+                   impl=str(m.get("impl", "auto")))
 
 
 def slice_mask(lengths, steps, device=None):

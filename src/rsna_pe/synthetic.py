@@ -25,10 +25,11 @@ import hashlib
 import json
 import logging
 import math
+import multiprocessing
 import os
 import shutil
 from concurrent.futures import ProcessPoolExecutor
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -37,6 +38,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
 from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless,
                          JPEGLosslessSV1, RLELossless, generate_uid)
+from pydicom.valuerep import format_number_as_ds
 
 from .errors import PipelineError
 from .labels import EXAM_LABELS, ID_COLUMNS, IMAGE_LABEL, QA_COLUMNS, TRAIN_COLUMNS
@@ -126,13 +128,11 @@ def encode_frame(stored, transfer_syntax):
 
 
 def _ds_str(v):
-    """A DS value as the shortest exact text (DS holds at most 16 characters)."""
+    """A DS value: the shortest exact text when it fits DS's 16 characters, else the closest."""
     s = repr(float(v))
     if s.endswith(".0"):
         s = s[:-2]
-    if len(s) > 16:
-        raise ValueError(f"{v} does not fit a DICOM decimal string; round it first")
-    return s
+    return s if len(s) <= 16 else format_number_as_ds(float(v))
 
 
 def _series_header(study_uid, series_uid, frame_uid, patient_id, *, study_date="20200101",
@@ -228,8 +228,8 @@ def _to_stored(hu, intercept, slope):
 def write_slice(path, hu, z, *, intercept=-1024, slope=1, transfer_syntax=ExplicitVRLittleEndian,
                 pixel_spacing=0.7, instance_number=1, study_uid=None, series_uid=None,
                 sop_uid=None, padding_value=None, drop_tags=(), seed=0):
-    """Write one CT slice whose decoded HU are ``round((hu - intercept) / slope) * slope + intercept``
-    (exactly ``hu`` when ``hu - intercept`` is a multiple of ``slope``, e.g. integer HU and
+    """Write one CT slice; it decodes to ``round((hu - intercept) / slope) * slope + intercept``
+    HU (exactly ``hu`` when ``hu - intercept`` is a multiple of ``slope``, e.g. integer HU and
     slope 1). Returns the SOPInstanceUID. See :func:`write_series` for the arguments."""
     hu = np.asarray(hu)
     if hu.ndim != 2:
@@ -259,7 +259,8 @@ def write_series(series_dir, hu, z_positions, *, intercept=-1024, slope=1,
     - ``instance_numbers``: default 1..S in ascending z.
     - UIDs: default ones derive from ``seed`` and the data, so equal calls write equal files
       and different data never share UIDs. Files are named ``<SOPInstanceUID>.dcm`` unless
-      ``file_names`` are given.
+      ``file_names`` (one per slice) are given.
+    - ``pixel_spacing``: mm, square pixels; the image is centred on x = y = 0.
     - ``padding_value``: stored PixelPaddingValue tag, if any (pixels are not changed).
     - ``drop_tags``: keyword names removed from every file, e.g. ``("ImagePositionPatient",)``
       to test a reader's fallback.
@@ -267,10 +268,13 @@ def write_series(series_dir, hu, z_positions, *, intercept=-1024, slope=1,
     hu = np.asarray(hu)
     if hu.ndim != 3:
         raise ValueError(f"write_series wants (S, H, W) HU, got shape {hu.shape}")
+    transfer_syntax = pydicom.uid.UID(str(transfer_syntax))
+    if transfer_syntax not in (ExplicitVRLittleEndian, *COMPRESSED_SYNTAXES):
+        raise ValueError(f"transfer syntax {transfer_syntax} is not one this writer supports")
     n = hu.shape[0]
-    z = _per_slice(z_positions, n, "z_positions")
     if len(z_positions) != n:
         raise ValueError(f"{len(z_positions)} z positions for {n} slices")
+    z = _per_slice(z_positions, n, "z_positions")
     icp = _per_slice(intercept, n, "intercept")
     slp = _per_slice(slope, n, "slope")
     if np.any(slp == 0):
@@ -372,7 +376,7 @@ def _odd_matrices(matrix):
 
 
 def _place_emboli(rng, t, sites_wanted, kinds):
-    """One embolus per (site, kind); a site with no slice in its range is swapped for a lobar one."""
+    """One embolus per (site, kind); a site with no slice in its range gives way to a lobar one."""
     emboli = []
     t = np.asarray(t)
     for site, kind in zip(sites_wanted, kinds):
@@ -384,14 +388,14 @@ def _place_emboli(rng, t, sites_wanted, kinds):
                 break
         else:
             continue  # fewer than about three slices: nowhere to put it
-        longest = max(1, int(round(0.45 * len(ok))))
+        longest = max(1, int(round(0.6 * len(ok))))
         length = int(rng.integers(min(2, longest), longest + 1)) if longest > 1 else 1
         start = int(rng.integers(0, len(ok) - length + 1))
         k0, k1 = int(ok[start]), int(ok[start + length - 1])
         if kind == "acute":
-            size, hu = float(rng.uniform(0.55, 0.68)), float(rng.uniform(30, 60))
+            size, hu = float(rng.uniform(0.6, 0.72)), float(rng.uniform(30, 60))
         else:
-            size, hu = float(rng.uniform(0.55, 0.65)), float(rng.uniform(50, 90))
+            size, hu = float(rng.uniform(0.6, 0.7)), float(rng.uniform(50, 90))
         a = float(rng.uniform(0.1, 0.45))
         emboli.append(Embolus(s, kind, k0, k1, size, float(rng.uniform(0, 2 * np.pi)), hu,
                               (a, a + float(rng.uniform(0.35, 0.5)))))
@@ -435,83 +439,102 @@ def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fracti
         if n == 0:
             continue
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_id,)))
-        # Cases: about a third positive and a few percent indeterminate, like the real data.
-        cases = _exact_assign(rng, n, {"positive": 1 / 3, "indeterminate": 0.04},
-                              {"positive": (1, 2), "indeterminate": (1, 8)})
-        cases = ["negative" if c == "rest" else c for c in cases]
-        n_pos = cases.count("positive")
-        # Positive subtypes: exact shares so that small sets still hold each label.
-        chron = _exact_assign(rng, n_pos, {"chronic": 0.12, "acute_and_chronic": 0.08},
-                              {"chronic": (1, 4), "acute_and_chronic": (1, 5)})
-        central = _exact_assign(rng, n_pos, {"central": 0.2}, {"central": (1, 3)})
-        rvlv = _exact_assign(rng, n_pos, {"gte": 0.45}, {"gte": (1, 2)})
-        n_odd = int(round(odd_matrix_fraction * n))
-        mats = [matrix] * (n - n_odd) + [_odd_matrices(matrix)[i % 2] for i in range(n_odd)]
-        rng.shuffle(mats)
-        n_comp = int(round(compressed_fraction * n))
-        tss = ([str(_COMPRESSION_CYCLE[i % len(_COMPRESSION_CYCLE)]) for i in range(n_comp)]
-               + [str(ExplicitVRLittleEndian)] * (n - n_comp))
-        rng.shuffle(tss)
-        n_resc = int(round(odd_rescale_fraction * n))
-        odd = [v for v in RESCALE_VARIANTS if v != "standard"]
-        rescs = [odd[i % len(odd)] for i in range(n_resc)] + ["standard"] * (n - n_resc)
-        rng.shuffle(rescs)
-        pos_i = 0
-        indet_i = 0
+        cases = _assign_cases(rng, n)
+        variants = _assign_variants(rng, n, matrix, compressed_fraction, odd_matrix_fraction,
+                                    odd_rescale_fraction)
         for i in range(n):
             r = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_id, i, 1)))
-            case = cases[i]
-            s = int(r.integers(lo, hi + 1))
-            t0, t1 = r.uniform(-0.03, 0.03), r.uniform(0.97, 1.03)
-            t = (t0 + (np.arange(s) + 0.5) / s * (t1 - t0)).round(5).tolist()
-            coverage = r.uniform(250, 330)
-            spacing = round(coverage / s, 2)
-            z0 = round(float(r.uniform(-400, -150)), 2)
-            qa = {k: 0 for k in QA_COLUMNS}
-            contrast = float(r.uniform(300, 420))
-            motion = flow = False
-            emboli = []
-            rv_gte = False
-            if case == "indeterminate":
-                if indet_i % 2 == 0:
-                    qa["qa_contrast"], contrast = 1, float(r.uniform(90, 130))
-                else:
-                    qa["qa_motion"], motion = 1, True
-                indet_i += 1
-            else:
-                # Diagnostic exams: rare QA remarks, flow artefacts, non-embolic defects.
-                if r.random() < 0.02:
-                    qa["qa_contrast"], contrast = 1, float(r.uniform(200, 250))
-                if r.random() < 0.02:
-                    qa["qa_motion"] = 1
-                if r.random() < 0.05:
-                    qa["flow_artifact"], flow = 1, True
-                if case == "negative" and r.random() < 0.03:
-                    qa["true_filling_defect_not_pe"] = 1
-            if case == "positive":
-                sub, cen, rv_gte = chron[pos_i], central[pos_i] == "central", rvlv[pos_i] == "gte"
-                pos_i += 1
-                n_e = int(r.integers(1, 4)) + (sub == "acute_and_chronic" and 1 or 0)
-                sites = [str(x) for x in r.choice(LOBAR_SITES, size=n_e, p=LOBAR_WEIGHTS)]
-                if cen:
-                    sites[0] = str(r.choice(CENTRAL_SITES, p=(0.5, 0.25, 0.25)))
-                if sub == "chronic":
-                    kinds = ["chronic"] * n_e
-                elif sub == "acute_and_chronic":
-                    kinds = ["acute", "chronic"] + [str(r.choice(["acute", "chronic"]))
-                                                    for _ in range(n_e - 2)]
-                else:
-                    kinds = ["acute"] * n_e
-                emboli = _place_emboli(r, t, sites, kinds)
-            rv_lv = float(r.uniform(1.15, 1.45) if rv_gte else r.uniform(0.62, 0.85))
-            specs.append(StudySpec(
-                split=split, index=i, seed=int(r.integers(2 ** 31)),
-                study_uid=_uid(seed, split, i, "study"), series_uid=_uid(seed, split, i, "series"),
-                n_slices=s, t=t, z0=z0, spacing=spacing, matrix=mats[i],
-                fov=round(float(r.uniform(320, 380)), 1), transfer_syntax=tss[i],
-                rescale=rescs[i], contrast=contrast, rv_lv=rv_lv, motion=motion, flow=flow,
-                labels=_exam_labels(emboli, case, rv_gte, qa), emboli=emboli))
+            specs.append(_study_spec(r, seed, split, i, cases[i], variants[i], lo, hi))
     return specs
+
+
+def _assign_cases(rng, n):
+    """Per study: (case, positive subtype, central wanted, RV/LV >= 1), with exact shares so
+    that small sets still hold every label: about a third positive, a few percent indeterminate."""
+    cases = _exact_assign(rng, n, {"positive": 1 / 3, "indeterminate": 0.04},
+                          {"positive": (1, 2), "indeterminate": (1, 8)})
+    n_pos = cases.count("positive")
+    sub = iter(_exact_assign(rng, n_pos, {"chronic": 0.12, "acute_and_chronic": 0.08},
+                             {"chronic": (1, 4), "acute_and_chronic": (1, 5)}))
+    central = iter(_exact_assign(rng, n_pos, {"central": 0.2}, {"central": (1, 3)}))
+    rvlv = iter(_exact_assign(rng, n_pos, {"gte": 0.45}, {"gte": (1, 2)}))
+    out, n_indet = [], 0
+    for c in cases:
+        if c == "positive":
+            s = next(sub)
+            out.append(("positive", "acute" if s == "rest" else s, next(central) == "central",
+                        next(rvlv) == "gte"))
+        elif c == "indeterminate":  # alternately poor contrast and motion
+            why = "contrast" if n_indet % 2 == 0 else "motion"
+            out.append(("indeterminate", why, False, False))
+            n_indet += 1
+        else:
+            out.append(("negative", None, False, False))
+    return out
+
+
+def _assign_variants(rng, n, matrix, compressed_fraction, odd_matrix_fraction,
+                     odd_rescale_fraction):
+    """Per study: (matrix, transfer syntax, rescale variant), exact shares, shuffled."""
+    n_odd = int(round(odd_matrix_fraction * n))
+    mats = [matrix] * (n - n_odd) + [_odd_matrices(matrix)[i % 2] for i in range(n_odd)]
+    n_comp = int(round(compressed_fraction * n))
+    tss = ([str(_COMPRESSION_CYCLE[i % len(_COMPRESSION_CYCLE)]) for i in range(n_comp)]
+           + [str(ExplicitVRLittleEndian)] * (n - n_comp))
+    n_resc = int(round(odd_rescale_fraction * n))
+    odd = [v for v in RESCALE_VARIANTS if v != "standard"]
+    rescs = [odd[i % len(odd)] for i in range(n_resc)] + ["standard"] * (n - n_resc)
+    for x in (mats, tss, rescs):
+        rng.shuffle(x)
+    return list(zip(mats, tss, rescs))
+
+
+def _study_spec(r, seed, split, i, case, variant, lo, hi):
+    kind, sub, central, rv_gte = case
+    matrix, ts, rescale = variant
+    s = int(r.integers(lo, hi + 1))
+    # Slices cover the chest from the lung bases (t = 0) to the apices (t = 1), give or take.
+    t0, t1 = r.uniform(-0.03, 0.03), r.uniform(0.97, 1.03)
+    t = (t0 + (np.arange(s) + 0.5) / s * (t1 - t0)).round(5).tolist()
+    spacing = round(float(r.uniform(250, 330)) / s, 2)
+    z0 = round(float(r.uniform(-400, -150)), 2)
+    qa = {k: 0 for k in QA_COLUMNS}
+    contrast = float(r.uniform(300, 420))
+    motion = flow = False
+    if kind == "indeterminate":
+        if sub == "contrast":
+            qa["qa_contrast"], contrast = 1, float(r.uniform(90, 130))
+        else:
+            qa["qa_motion"], motion = 1, True
+    else:  # diagnostic exams: rare QA remarks, flow artefacts, non-embolic defects
+        if r.random() < 0.02:
+            qa["qa_contrast"], contrast = 1, float(r.uniform(200, 250))
+        if r.random() < 0.02:
+            qa["qa_motion"] = 1
+        if r.random() < 0.05:
+            qa["flow_artifact"], flow = 1, True
+        if kind == "negative" and r.random() < 0.03:
+            qa["true_filling_defect_not_pe"] = 1
+    emboli = []
+    if kind == "positive":
+        n_e = int(r.choice([1, 2, 3, 4], p=[0.3, 0.35, 0.25, 0.1])) + (sub == "acute_and_chronic")
+        sites = [str(x) for x in r.choice(LOBAR_SITES, size=n_e, p=LOBAR_WEIGHTS)]
+        if central:
+            sites[0] = str(r.choice(CENTRAL_SITES, p=(0.5, 0.25, 0.25)))
+        if sub == "acute_and_chronic":
+            kinds = ["acute", "chronic"] + [str(r.choice(["acute", "chronic"]))
+                                            for _ in range(n_e - 2)]
+        else:
+            kinds = [sub] * n_e
+        emboli = _place_emboli(r, t, sites, kinds)
+    rv_lv = float(r.uniform(1.15, 1.45) if rv_gte else r.uniform(0.62, 0.85))
+    return StudySpec(
+        split=split, index=i, seed=int(r.integers(2 ** 31)),
+        study_uid=_uid(seed, split, i, "study"), series_uid=_uid(seed, split, i, "series"),
+        n_slices=s, t=t, z0=z0, spacing=spacing, matrix=matrix,
+        fov=round(float(r.uniform(320, 380)), 1), transfer_syntax=ts, rescale=rescale,
+        contrast=contrast, rv_lv=rv_lv, motion=motion, flow=flow,
+        labels=_exam_labels(emboli, kind, rv_gte, qa), emboli=emboli)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -595,7 +618,9 @@ def _lerp(a, b, u):
 
 
 class Phantom:
-    """A study's 3-D chest; ``slice(t)`` returns one axial slice in HU (float32)."""
+    """A study's 3-D chest; ``slice(k, rng)`` returns its slice k in HU (float32, with noise).
+
+    Build it with :func:`phantom` so that its geometry matches the written series."""
 
     def __init__(self, spec, rng):
         self.spec = spec
@@ -604,7 +629,7 @@ class Phantom:
         self.body = (j(0.02), 0.02 + j(0.02), 0.84 * self.scale, 0.6 * self.scale)
         self.fat = float(rng.uniform(0.04, 0.08))
         self.lung_hu = float(rng.uniform(-880, -830))
-        self.heart = (0.07 + j(0.02), -0.13 + j(0.02))
+        self.heart = (0.08 + j(0.02), -0.12 + j(0.02))
         self.noise = float(rng.uniform(10, 20))
         self.dx = j(0.015)
         self.rib_phase = float(rng.uniform(0, 1))
@@ -636,21 +661,30 @@ class Phantom:
         top = (0.06 + d, -0.1)
         if TRUNK_T[0] <= t <= TRUNK_T[1]:
             u = (t - TRUNK_T[0]) / (TRUNK_T[1] - TRUNK_T[0])
-            out["trunk"] = Disk(_lerp(0.02, top[0], u), _lerp(-0.22, top[1], u), 0.1, 0.1)
-        for site, tc, end in (("rpa", RPA_T, (-0.33 + d, 0.04)), ("lpa", LPA_T, (0.32 + d, 0.04))):
-            if abs(t - tc) < PA_HALF:
-                r = 0.085 * math.sqrt(1 - ((t - tc) / PA_HALF) ** 2)
-                out[site] = Capsule(top[0], top[1], end[0], end[1], r)
+            out["trunk"] = Disk(_lerp(0.02, top[0], u), _lerp(-0.22, top[1], u), 0.11, 0.11)
+        for site, tc, side in (("rpa", RPA_T, -1), ("lpa", LPA_T, 1)):
+            if abs(t - tc) < PA_HALF:  # a tube lying in the slice plane: narrower off its axis
+                r = 0.095 * math.sqrt(1 - ((t - tc) / PA_HALF) ** 2)
+                out[site] = Capsule(top[0], top[1], side * 0.36 + d, 0.08, r)
         for side, name in ((-1, "r"), (1, "l")):
-            x = side * 0.33 + d
+            x = side * 0.36 + d
             if 0.08 <= t <= RPA_T:
                 u = (RPA_T - t) / (RPA_T - 0.08)
-                r = _lerp(0.08, 0.065, u)
-                out[f"{name}_lower"] = Disk(x + side * 0.03 * u, _lerp(0.04, 0.12, u), r, r)
+                r = _lerp(0.11, 0.09, u)
+                out[f"{name}_lower"] = Disk(x + side * 0.02 * u, _lerp(0.08, 0.18, u), r, r)
             if RPA_T + 0.04 <= t <= 0.95:
                 u = (t - RPA_T - 0.04) / (0.95 - RPA_T - 0.04)
-                r = _lerp(0.075, 0.06, u)
-                out[f"{name}_upper"] = Disk(x + side * 0.02 * u, _lerp(0.0, -0.06, u), r, r)
+                r = _lerp(0.1, 0.08, u)
+                out[f"{name}_upper"] = Disk(x, _lerp(0.06, -0.06, u), r, r)
+        return out
+
+    def artery_masks(self, k):
+        """{site: bool (matrix, matrix)} of the contrast-filled pulmonary arteries on slice k."""
+        out = {}
+        for site, shape in self.arteries(self.spec.t[k]).items():
+            cv = Canvas(self.spec.matrix, 0.0)
+            cv.paint(shape, 1.0)
+            out[site] = cv.img > 0
         return out
 
     def slice(self, k, rng):
@@ -681,10 +715,10 @@ class Phantom:
         hx, hy = self.heart
         h = math.sin(math.pi * (t + 0.02) / 0.56) if t < 0.54 else 0.0
         if h > 0.15:
-            heart = Disk(hx, hy, 0.27 * h, 0.22 * h)
+            heart = Disk(hx, hy, 0.26 * h, 0.22 * h)
             cv.paint(heart, 45.0)
             if h > 0.35:
-                r_lv = 0.085 * h
+                r_lv = 0.1 * h
                 r_rv = r_lv * spec.rv_lv
                 cv.paint(Disk(hx - 0.09 * h, hy - 0.05 * h, r_rv, r_rv * 0.85), c, within=[heart])
                 cv.paint(Disk(hx + 0.09 * h, hy + 0.05 * h, r_lv, r_lv), 0.75 * c,
@@ -694,10 +728,10 @@ class Phantom:
         if t < 0.84:
             cv.paint(Disk(0.15 + self.dx, 0.3, 0.05, 0.05), aorta)
         if 0.5 < t < 0.84:
-            cv.paint(Disk(-0.1 + self.dx, -0.17, 0.055, 0.055), aorta)
-            cv.paint(Disk(-0.2 + self.dx, -0.08, 0.035, 0.035), 1.2 * c)
+            cv.paint(Disk(-0.16 + self.dx, -0.15, 0.055, 0.055), aorta)
+            cv.paint(Disk(-0.15 + self.dx, -0.03, 0.035, 0.035), 1.2 * c)
         if 0.8 <= t <= 0.88:
-            cv.paint(Capsule(-0.1 + self.dx, -0.17, 0.15 + self.dx, 0.3, 0.05), aorta)
+            cv.paint(Capsule(-0.16 + self.dx, -0.15, 0.15 + self.dx, 0.3, 0.05), aorta)
         # Pulmonary arteries (drawn after the aorta so they stay whole).
         arts = self.arteries(t)
         for site, shape in arts.items():
@@ -741,7 +775,7 @@ class Phantom:
             if e.kind == "acute":  # central defect, contrast all round it
                 d = Disk(art.cx + 0.1 * r * ca, art.cy + 0.1 * r * sa, e.size * r, e.size * r)
             else:  # eccentric, against the wall: a crescent
-                d = Disk(art.cx + 0.85 * r * ca, art.cy + 0.85 * r * sa, e.size * r, e.size * r)
+                d = Disk(art.cx + 0.8 * r * ca, art.cy + 0.8 * r * sa, e.size * r, e.size * r)
             cv.paint(d, e.hu, within=[art])
             return
         # A main artery lying in the slice: the defect is a shorter tube inside it.
@@ -753,16 +787,21 @@ class Phantom:
         else:
             norm = math.hypot(dx, dy)
             side = 1 if sa >= 0 else -1
-            ox, oy = -dy / norm * side * 0.85 * art.r, dx / norm * side * 0.85 * art.r
+            ox, oy = -dy / norm * side * 0.8 * art.r, dx / norm * side * 0.8 * art.r
             d = Capsule(p[0] + ox, p[1] + oy, q[0] + ox, q[1] + oy, e.size * art.r)
         cv.paint(d, e.hu, within=[art])
+
+
+def phantom(spec):
+    """(Phantom, rng) of a study, as :func:`render_series` draws it."""
+    rng = np.random.default_rng(spec.seed)
+    return Phantom(spec, rng), rng
 
 
 def render_series(spec):
     """Yield (k, HU int16 (matrix, matrix)) for each slice in z order, without the padding
     outside the field of view (:func:`_write_study` adds it to the stored values)."""
-    rng = np.random.default_rng(spec.seed)
-    ph = Phantom(spec, rng)
+    ph, rng = phantom(spec)
     for k in range(spec.n_slices):
         hu = np.clip(np.rint(ph.slice(k, rng)), HU_MIN, HU_MAX).astype(np.int16)
         yield k, hu
@@ -816,15 +855,15 @@ def _write_study_star(args):
 class SyntheticSet:
     """What :func:`generate` made: the root and the truth of both splits (train.csv columns)."""
     root: Path
-    train: "object"          # pandas DataFrame, train.csv
-    test_labels: "object"    # pandas DataFrame, test_labels.csv
+    train: object          # pandas DataFrame: train.csv
+    test_labels: object    # pandas DataFrame: test_labels.csv (train.csv's columns)
 
     def series_dir(self, split, study, series):
         return self.root / split / study / series
 
 
 def _manifest(**params):
-    return {"generator": "rsna_pe.synthetic", "version": VERSION, **params}
+    return {"generator": "rsna_pe.synthetic", "version": VERSION, **params, "complete": True}
 
 
 def _read_set(root):
@@ -846,8 +885,10 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
 
     ``out_dir`` gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test
     truth), train/ and test/ (``<study>/<series>/<SOP>.dcm``) and synthetic.json (the
-    parameters). A set already there with the same parameters is kept (returned as is);
-    other existing outputs are an error unless ``overwrite`` (which deletes only those).
+    parameters). A set already there with the same parameters is kept (returned as is); one
+    with other parameters is an error unless ``overwrite`` (which deletes only the outputs
+    named above, nothing else in ``out_dir``). Outputs without synthetic.json (real data)
+    are never deleted.
     ``workers`` processes render studies in parallel (default: all cores; 1 = in-process).
     For tests: ``generate(tmp, 4, 2, slices=(8, 8), matrix=64, workers=1)`` takes about a second.
     """
@@ -857,27 +898,38 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
 
     root = Path(out_dir)
     params = dict(n_train=int(n_train), n_test=int(n_test), slices=[int(s) for s in slices],
-                  matrix=int(matrix), seed=int(seed), compressed_fraction=float(compressed_fraction),
+                  matrix=int(matrix), seed=int(seed),
+                  compressed_fraction=float(compressed_fraction),
                   odd_matrix_fraction=float(odd_matrix_fraction),
                   odd_rescale_fraction=float(odd_rescale_fraction))
     manifest = _manifest(**params)
+    if workers is not None and workers < 1:
+        raise PipelineError(f"--workers {workers}: at least 1")
+    specs = plan(n_train, n_test, slices, matrix, seed, compressed_fraction,
+                 odd_matrix_fraction, odd_rescale_fraction)  # checks the parameters, cheap
     existing = [n for n in OUTPUT_NAMES if (root / n).exists()]
-    if existing and not overwrite:
+    if existing:
         try:
-            same = json.loads((root / MANIFEST).read_text()) == manifest
+            old = json.loads((root / MANIFEST).read_text())
         except (OSError, ValueError):
-            same = False
-        if same:
+            old = None
+        if old is None:  # never delete what this generator did not write (real data, say)
+            raise PipelineError(f"{root} already holds {', '.join(existing)} but no {MANIFEST}: "
+                                "not a synthetic set, choose another folder")
+        if old == manifest and not overwrite:
             log.info("%s: synthetic set with these parameters already there, kept", root)
             return _read_set(root)
-        raise PipelineError(f"{root} already holds {', '.join(existing)}; "
-                            "use --overwrite (or another folder)")
+        if old == {**manifest, "complete": False}:
+            log.info("%s: finishing an interrupted synthetic set from scratch", root)
+        elif not overwrite:
+            raise PipelineError(f"{root} already holds a synthetic set with other parameters; "
+                                "use --overwrite (or another folder)")
     for n in existing:
         p = root / n
         shutil.rmtree(p) if p.is_dir() else p.unlink()
-    specs = plan(n_train, n_test, slices, matrix, seed, compressed_fraction,
-                 odd_matrix_fraction, odd_rescale_fraction)
     root.mkdir(parents=True, exist_ok=True)
+    # Written first so that an interrupted run is known as ours; marked complete at the end.
+    atomic_write_text(root / MANIFEST, json.dumps({**manifest, "complete": False}, indent=1) + "\n")
     workers = workers or os.cpu_count() or 1
     jobs = [(s, root) for s in specs]
     if workers == 1 or len(specs) == 1:
@@ -885,7 +937,9 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
     else:
         # Longest studies first for balance; results come back in submission order.
         order = sorted(range(len(jobs)), key=lambda i: -specs[i].n_slices * specs[i].matrix ** 2)
-        with ProcessPoolExecutor(max_workers=min(workers, len(jobs))) as pool:
+        # spawn, not fork: the caller may hold threads (torch, a test runner) that fork copies.
+        with ProcessPoolExecutor(max_workers=min(workers, len(jobs)),
+                                 mp_context=multiprocessing.get_context("spawn")) as pool:
             done = list(pool.map(_write_study_star, [jobs[i] for i in order]))
         results = [None] * len(jobs)
         for i, res in zip(order, done):
@@ -908,10 +962,3 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
     log.info("%s: %d train + %d test studies, %d + %d images", root, n_train, n_test,
              len(train), len(test))
     return SyntheticSet(root, train, test)
-
-
-def spec_summary(spec):
-    """A spec as plain data (for logs and debugging)."""
-    d = asdict(spec)
-    d.pop("t")
-    return d

@@ -12,6 +12,7 @@ import hashlib
 import importlib
 import logging
 import math
+import os
 import random
 import time
 
@@ -158,6 +159,19 @@ def autocast(device, dtype):
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
+def set_cpu_threads(num_workers, local_world=1):
+    """CPU training: share the cores between loader workers and the ranks on this machine.
+    OpenMP threads that outnumber free cores spin against each other (steps 10x slower).
+    An explicit OMP_NUM_THREADS wins."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, (cores - num_workers) // max(1, local_world)))
+
+
 def _rng_state():
     np_state = np.random.get_state()
     return {
@@ -214,10 +228,12 @@ def _worker_init(worker_id):
         torch.set_num_threads(1)
 
 
-def make_loader(ds, batch_size, sampler, num_workers, collate_fn, pin, drop_last):
-    kw = {}
+def make_loader(ds, batch_size, sampler, num_workers, collate_fn, pin, drop_last, seed=0):
+    # Own generator: making an iterator then draws worker seeds from it, not from the global
+    # RNG, so dropout etc. continue identically after a resume.
+    kw = dict(generator=torch.Generator().manual_seed(seed))
     if num_workers > 0:
-        kw = dict(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
+        kw.update(persistent_workers=True, prefetch_factor=4, worker_init_fn=_worker_init)
     return torch.utils.data.DataLoader(ds, batch_size=batch_size, sampler=sampler,
                                        num_workers=num_workers, collate_fn=collate_fn,
                                        pin_memory=pin, drop_last=drop_last, **kw)
@@ -354,10 +370,12 @@ class Trainer:
             raise PipelineError(f"train set of {len(train_ds)} items is smaller than "
                                 f"train.batch_size={t['batch_size']} x {d.world} processes")
         # drop_last: a last batch of 1 would break BatchNorm, and DDP ranks must agree on count.
-        self.train_loader = make_loader(train_ds, t["batch_size"], self.sampler, nw, collate, pin, True)
+        seed = self.seed * 1000 + d.rank
+        self.train_loader = make_loader(train_ds, t["batch_size"], self.sampler, nw, collate, pin,
+                                        True, seed)
         vbs = t.get("val_batch_size") or t["batch_size"]
         self.val_loader = make_loader(val_ds, vbs, ShardSampler(len(val_ds), d.rank, d.world),
-                                      nw, collate, pin, False)
+                                      nw, collate, pin, False, seed + 500)
         self.val_ds = val_ds
 
     def fit(self):
@@ -369,6 +387,8 @@ class Trainer:
                 log.info("%s already finished; nothing to do", self.run)
                 return 0
 
+        if self.device.type == "cpu":
+            set_cpu_threads(t.get("num_workers", 0), int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
         seed_everything(self.seed + d.rank)  # DDP copies rank 0's initial weights to all
         # Resuming: the checkpoint's weights replace pretrained ones, so don't fetch them.
         self.task = get_task(cfg if state is None else without_pretrained(cfg))
@@ -516,6 +536,7 @@ class Trainer:
     @torch.no_grad()
     def _evaluate(self):
         """Run the val set (each rank its shard), gather outputs, metrics on rank 0 -> all."""
+        distributed.broadcast_buffers(self.model, self.d)
         self.eval_model.eval()
         outs = []
         for batch in self.val_loader:

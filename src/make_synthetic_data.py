@@ -1,0 +1,45 @@
+"""Write a synthetic CT pulmonary-angiogram data set in the Kaggle RSNA STR PE layout.
+
+    python src/make_synthetic_data.py OUT_DIR [--n-train 40] [--n-test 10] [--slices 30 50]
+        [--matrix 512] [--seed 0] [--workers N] [--compressed-fraction 0.3] [--overwrite]
+
+OUT_DIR gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test truth),
+train/ and test/ DICOM folders; see rsna_pe.synthetic for what the images hold.
+"""
+import argparse
+import time
+
+from rsna_pe.cli import run
+from rsna_pe.synthetic import generate
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("out_dir", help="folder to write (e.g. data)")
+    p.add_argument("--n-train", type=int, default=40, help="train studies (default 40)")
+    p.add_argument("--n-test", type=int, default=10, help="test studies (default 10)")
+    p.add_argument("--slices", type=int, nargs=2, default=(30, 50), metavar=("MIN", "MAX"),
+                   help="slices per series, drawn uniformly (default 30 50)")
+    p.add_argument("--matrix", type=int, default=512,
+                   help="image matrix (default 512; a few series get 7/8 or 9/8 of it)")
+    p.add_argument("--seed", type=int, default=0, help="same seed, same files (default 0)")
+    p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
+    p.add_argument("--compressed-fraction", type=float, default=0.3,
+                   help="share of series stored JPEG Lossless / JPEG 2000 / RLE (default 0.3)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a synthetic set already in OUT_DIR (train/, test/, the csvs)")
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    start = time.time()
+    out = generate(args.out_dir, args.n_train, args.n_test, slices=args.slices,
+                   matrix=args.matrix, seed=args.seed, workers=args.workers,
+                   compressed_fraction=args.compressed_fraction, overwrite=args.overwrite)
+    print(f"{out.root}: {len(out.train)} train and {len(out.test_labels)} test images "
+          f"in {time.time() - start:.1f} s")
+
+
+if __name__ == "__main__":
+    run(main)
