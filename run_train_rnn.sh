@@ -1,12 +1,23 @@
 #!/usr/bin/env bash
-# Stage 6: train the six LSTM heads ({bce, focal} x folds 0-2) on the dumped CNN embeddings.
-# Usage: [CONFIGS=DIR] [NPROC=N] ./run_train_rnn.sh [key=value ...]
+# Stage 6: train the six LSTM heads, {bce, focal} x folds 0-2, on the dumped embeddings of the
+# matching CNN runs (one run folder each under output/train_rnn/). Paths in the configs are
+# relative to the current folder, so run this from the folder that holds data/ and dump/.
+#
+#   ./run_train_rnn.sh [key.sub=value ...]        # extra args are config overrides
+#   CONFIGS=DIR     config root (default: the repo's configs/); uses DIR/train_rnn/rexnet200_{bce,focal}.yml
+#   NPROC=N         processes per run; N > 1 runs DDP through torchrun
+#   FOLDS="0 1 2"   VARIANTS="bce focal"   subsets
+#   PY=python       interpreter (default: the repo's .venv, else python3)
+# A finished run is skipped and an interrupted one resumes, so rerunning is safe.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/wrapper_common.sh"
-for variant in rexnet200_bce rexnet200_focal; do
-  for fold in 0 1 2; do
-    echo "== train_rnn $variant fold $fold"
-    "${LAUNCH[@]}" "$REPO/src/train_rsna.py" -c "$CONFIGS/train_rnn/$variant.yml" \
-      dataset.fold="$fold" "$@"
+FOLDS="${FOLDS:-0 1 2}"
+VARIANTS="${VARIANTS:-bce focal}"
+for variant in $VARIANTS; do
+  cfg="$CONFIGS/train_rnn/rexnet200_$variant.yml"
+  [ -f "$cfg" ] || { echo "error: config not found: $cfg" >&2; exit 2; }
+  for fold in $FOLDS; do
+    echo "=== train_rnn rexnet200_$variant fold $fold" >&2
+    "${LAUNCH[@]}" "$REPO/src/train_rsna.py" -c "$cfg" "dataset.fold=$fold" "$@"
   done
 done

@@ -34,18 +34,13 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_step(model, emb, lengths, img_y, exam_y, repeats, warmup, device):
-    times = []
-    for i in range(repeats + warmup):
-        model.zero_grad(set_to_none=True)
-        sync(device)
-        t = time.perf_counter()
-        loss = rnn_loss(*model(emb, lengths), img_y, exam_y, lengths)
-        loss.backward()
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+def time_step(model, emb, lengths, img_y, exam_y, device):
+    model.zero_grad(set_to_none=True)
+    sync(device)
+    t = time.perf_counter()
+    rnn_loss(*model(emb, lengths), img_y, exam_y, lengths).backward()
+    sync(device)
+    return time.perf_counter() - t
 
 
 def main():
@@ -74,13 +69,20 @@ def main():
     print(f"batch {a.batch}, lengths {a.min_len}-{a.max_len} (sum {int(lengths.sum())}, padded "
           f"{a.batch * steps}), input {a.input_dim}, hidden {a.hidden}, {a.layers} layers, {device}, "
           f"{torch.get_num_threads()} threads")
-    results = {}
+    models = {}
     for name in a.impls.split(","):
         torch.manual_seed(0)
         cls, impl = (PaddedHead, "auto") if name == "padded" else (RNNHead, name)
-        model = cls(a.input_dim, a.hidden, a.layers, dropout=0.5, impl=impl).to(device).train()
-        results[name] = time_step(model, emb, lengths, img_y, exam_y, a.repeats, a.warmup, device)
-        print(f"{name}: {results[name]:.3f} s per forward+backward (median of {a.repeats})", flush=True)
+        models[name] = cls(a.input_dim, a.hidden, a.layers, dropout=0.5, impl=impl).to(device).train()
+    times = {name: [] for name in models}
+    for r in range(a.warmup + a.repeats):  # interleaved rounds: load changes hit all alike
+        for name, model in models.items():
+            dt = time_step(model, emb, lengths, img_y, exam_y, device)
+            if r >= a.warmup:
+                times[name].append(dt)
+    results = {name: statistics.median(t) for name, t in times.items()}
+    for name, t in results.items():
+        print(f"{name}: {t:.3f} s per forward+backward (median of {a.repeats})")
     if "padded" in results:
         print(" ".join(f"{k}/padded = {v / results['padded']:.2f}" for k, v in results.items() if k != "padded"))
 

@@ -1,5 +1,7 @@
 """Stage 6, the LSTM head: padding invariance, loss, data split over dumped embeddings, oof."""
 import json
+import os
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -15,16 +17,17 @@ from rsna_pe.rnn import RNNHead, RNNTask, collate, rnn_loss
 DIM = 8  # tiny embeddings: the head takes input_dim from the config
 
 
-def tiny_model(dropout=0.5, dtype=torch.float64):
+def tiny_model(dropout=0.5, dtype=torch.float64, impl="auto"):
     torch.manual_seed(0)
-    return RNNHead(input_dim=DIM, hidden=6, layers=3, dropout=dropout).to(dtype)
+    return RNNHead(input_dim=DIM, hidden=6, layers=3, dropout=dropout, impl=impl).to(dtype)
 
 
 # ----------------------------------------------------------------------------- model
 
+@pytest.mark.parametrize("impl", ["packed", "layered"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_series_alone_equals_series_in_padded_batch(dtype, tol):
-    model = tiny_model(dtype=dtype).eval()
+def test_series_alone_equals_series_in_padded_batch(dtype, tol, impl):
+    model = tiny_model(dtype=dtype, impl=impl).eval()
     lengths = torch.tensor([5, 9, 3, 1])  # unsorted on purpose, and a one-slice series
     g = torch.Generator().manual_seed(1)
     emb = torch.randn(4, 9, DIM, generator=g, dtype=dtype)
@@ -39,6 +42,27 @@ def test_series_alone_equals_series_in_padded_batch(dtype, tol):
             img_1, exam_1 = model(emb[i:i + 1, :n], lengths[i:i + 1])
             torch.testing.assert_close(img_b[i, :n], img_1[0], atol=tol, rtol=0)
             torch.testing.assert_close(exam_b[i], exam_1[0], atol=tol, rtol=0)
+
+
+def test_packed_and_layered_give_the_same_outputs_and_gradients():
+    # The two ways of running the LSTMs share weights; training on CPU (layered) must train
+    # exactly what the packed nn.LSTM computes (GPU).
+    lengths = torch.tensor([4, 7, 2])
+    emb = torch.randn(3, 7, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    img_y = (emb[..., 1] > 0).double()
+    exam_y = torch.ones(3, 9, dtype=torch.float64)
+    results = []
+    for impl in ("packed", "layered"):
+        model = tiny_model(impl=impl).eval()  # eval: dropout masks cannot match across impls
+        img, exam = model(emb, lengths)
+        rnn_loss(img, exam, img_y, exam_y, lengths).backward()
+        results.append((img.detach(), exam.detach(), {k: p.grad for k, p in model.named_parameters()}))
+    (img_p, exam_p, grad_p), (img_l, exam_l, grad_l) = results
+    torch.testing.assert_close(img_l, img_p, atol=1e-12, rtol=0)
+    torch.testing.assert_close(exam_l, exam_p, atol=1e-12, rtol=0)
+    assert grad_p.keys() == grad_l.keys() and all(g is not None for g in grad_l.values())
+    for k in grad_p:
+        torch.testing.assert_close(grad_l[k], grad_p[k], atol=1e-12, rtol=0, msg=k)
 
 
 def test_every_slice_influences_exam_logits_from_both_ends():
@@ -223,3 +247,56 @@ def test_val_metrics_drop_repeated_series_and_match_the_metric(tmp_path):
                                     [sig(x) for x in o["image_logits"]])
     assert m["score"] == pytest.approx(want)
     assert {"val_loss", "score", "score_pp", f"logloss_{IMAGE_LABEL}"} <= set(m)
+
+
+# ----------------------------------------------------------------------------- with the engine
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_overrides(root, csv):
+    """Overrides turning the real stage-6 config into a seconds-long CPU run on make_dump()."""
+    return [f"dataset.csv={csv}", f"dataset.dump_root={root / 'dump'}", "dataset.cnn_run=cnn_a",
+            f"model.input_dim={DIM}", "model.hidden=6", "train.epochs=2", "train.batch_size=2",
+            "train.val_batch_size=2", "train.num_workers=0", "train.device=cpu",
+            f"output_dir={root / 'out'}", "wandb.mode=disabled"]
+
+
+def test_engine_run_writes_oof_of_exactly_the_validation_studies(tmp_path, monkeypatch):
+    from rsna_pe.checkpoint import load_model
+    from rsna_pe.config import load_config
+    from rsna_pe.trainer import train
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    csv = make_dump(tmp_path)
+    cfg = load_config(REPO / "configs/train_rnn/rexnet200_bce.yml", tiny_overrides(tmp_path, csv))
+    assert train(cfg) == 0
+    run = paths.run_dir(tmp_path / "out", "rexnet200_bce", 0)
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    assert sorted(oof["id"]) == expected_oof_ids(csv)
+    metrics = pd.read_csv(run / "metrics.csv")
+    assert len(metrics) == 2 and {"val_loss", "score", "score_pp"} <= set(metrics.columns)
+    # The run folder alone rebuilds the head and records what inference needs.
+    model, saved = load_model(run / "best.ckpt")
+    assert saved["dataset"]["cnn_run"] == "cnn_a"
+    assert saved["extra_state"]["prior"] == json.loads((run / "prior.json").read_text())
+    assert isinstance(model, RNNHead) and not model.training
+
+
+def test_wrapper_runs_from_another_folder_with_relative_paths(tmp_path):
+    # CWD stays the caller's (relative paths below resolve in tmp_path), CONFIGS picks the
+    # config folder, extra args reach the config as overrides.
+    import shutil
+    import subprocess
+    import sys
+    make_dump(tmp_path)
+    configs = tmp_path / "configs"
+    shutil.copytree(REPO / "configs/train_rnn", configs / "train_rnn")
+    args = [a for a in tiny_overrides(Path("."), "fold.csv")
+            if not a.startswith(("dataset.dump_root", "output_dir", "train.epochs"))]
+    env = dict(os.environ, CONFIGS=str(configs), FOLDS="0", VARIANTS="bce", PY=sys.executable,
+               WANDB_MODE="disabled")
+    subprocess.run([str(REPO / "run_train_rnn.sh"), *args, "dataset.dump_root=dump",
+                    "output_dir=out", "train.epochs=1"], cwd=tmp_path, env=env, check=True,
+                   capture_output=True)
+    assert (tmp_path / "out/rexnet200_bce/fold_0/oof.csv").is_file()
+    assert not (tmp_path / "out/rexnet200_focal").exists()

@@ -21,11 +21,11 @@ def parse(description, default=None, argv=None, add_args=None):
     p = argparse.ArgumentParser(description=description)
     p.add_argument("-c", "--config", default=None,
                    help=f"YAML config (default: configs/{default})" if default else "YAML config")
+    if add_args:  # first, so a stage's own positionals come before the overrides
+        add_args(p)
     p.add_argument("overrides", nargs="*", metavar="key.sub=value",
                    help="typed config overrides, e.g. dataset.fold=1")
-    if add_args:
-        add_args(p)
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)
     path = args.config or (default_config(default) if default else None)
     if path is None:
         p.error("-c/--config is required")

@@ -10,13 +10,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from . import paths
 from .errors import PipelineError
+from .images import jpeg_name, read_jpeg
+from .io import read_csv
 from .labels import ID_COLUMNS, IMAGE_LABEL
 from .losses import build_loss
 from .trainer import Task, split_by_fold
@@ -145,28 +146,15 @@ def build_cnn(mcfg):
 # ----------------------------------------------------------------------------- data
 def jpeg_path(root, study, series, z, sop):
     """``<root>/<study>/<series>/<zzzz>_<SOP>.jpg`` (contract section 3)."""
-    return f"{root}/{study}/{series}/{int(z):04d}_{sop}.jpg"
+    return f"{root}/{study}/{series}/{jpeg_name(int(z), sop)}"
 
 
-def _reduce_flag(src_size, size):
-    """cv2 can decode a JPEG at 1/2, 1/4, 1/8 scale in the DCT domain: much faster than a
-    full decode plus resize when training below the stored size."""
-    for factor, flag in ((8, cv2.IMREAD_REDUCED_COLOR_8), (4, cv2.IMREAD_REDUCED_COLOR_4),
-                         (2, cv2.IMREAD_REDUCED_COLOR_2)):
-        if src_size and src_size >= factor * size:
-            return flag
-    return cv2.IMREAD_COLOR
-
-
-def read_jpeg(path, size, src_size=None):
-    """Decode to RGB uint8 (size, size, 3)."""
-    img = cv2.imread(path, _reduce_flag(src_size, size))
-    if img is None:
-        raise PipelineError(f"cannot read image {path}")
+def load_slice(path, size):
+    """RGB uint8 (size, size, 3); cv2 linear resize, as stages 5 and 7 resize for the model."""
+    img = read_jpeg(path)
     if img.shape[0] != size or img.shape[1] != size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA
-                         if img.shape[0] > size else cv2.INTER_LINEAR)
-    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
+    return img
 
 
 def build_train_transform(acfg, size):
@@ -199,22 +187,22 @@ class SliceDataset(torch.utils.data.Dataset):
 
     Images stay uint8 and channel-last until the GPU: a stacked (B,H,W,3) batch permuted to
     (B,3,H,W) is already channels_last in memory, and 4x fewer bytes cross the bus than float.
-    The image is resized before augmenting (cheaper when training below the stored size).
+    The image is resized before augmenting (cheaper when training below the stored size; the
+    augmentation's pixel sizes are scaled to the training size).
     """
 
-    def __init__(self, files, labels, size, src_size=None, transform=None):
+    def __init__(self, files, labels, size, transform=None):
         # One numpy array, not a list of str: workers then share it without copy-on-access.
         self.files = np.asarray([str(f).encode() for f in files])
         self.labels = np.asarray(labels, dtype=np.float32)
         self.size = size
-        self.src_size = src_size
         self.transform = transform
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        img = read_jpeg(self.files[i].decode(), self.size, self.src_size)
+        img = load_slice(self.files[i].decode(), self.size)
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         return torch.from_numpy(np.ascontiguousarray(img)), torch.tensor(self.labels[i])
@@ -229,18 +217,13 @@ class SliceDataset(torch.utils.data.Dataset):
 
 
 def read_fold_csv(path):
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"fold csv not found: {path} (run src/make_csv.py first)")
-    df = pd.read_csv(path, dtype={c: str for c in ID_COLUMNS})
-    need = [*ID_COLUMNS, IMAGE_LABEL, "z_pos_order", "fold"]
-    lack = [c for c in need if c not in df.columns]
-    if lack:
-        raise PipelineError(f"{path} lacks columns {', '.join(lack)}")
-    return df
+    if not Path(path).is_file():
+        raise PipelineError(f"{path}: fold csv not found (run src/make_csv.py first)")
+    return read_csv(path, [*ID_COLUMNS, IMAGE_LABEL, "z_pos_order", "fold"],
+                    dtype={c: str for c in ID_COLUMNS})
 
 
-def slice_dataset(df, root, size, src_size=None, transform=None):
+def slice_dataset(df, root, size, transform=None):
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"JPEG folder not found: {root} (run src/make_image.py first)")
@@ -251,7 +234,7 @@ def slice_dataset(df, root, size, src_size=None, transform=None):
     files = [jpeg_path(root, st, se, z, sop) for st, se, z, sop in
              df[["StudyInstanceUID", "SeriesInstanceUID", "z_pos_order", "SOPInstanceUID"]]
              .itertuples(index=False)]
-    return SliceDataset(files, df[IMAGE_LABEL].to_numpy(np.float32), size, src_size, transform)
+    return SliceDataset(files, df[IMAGE_LABEL].to_numpy(np.float32), size, transform)
 
 
 # ----------------------------------------------------------------------------- task
@@ -280,8 +263,8 @@ class CNNTask(Task):
         if transform is not None:
             # Seeded from torch so a seeded run augments the same way without loader workers.
             transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
-        return (slice_dataset(train_df, root, size, src, transform),
-                slice_dataset(val_df, root, size, src, None))
+        return (slice_dataset(train_df, root, size, transform),
+                slice_dataset(val_df, root, size, None))
 
     def step(self, model, batch, device):
         x, y = batch

@@ -14,6 +14,10 @@ def assign_folds(df, n_splits=N_SPLITS, seed=42):
         raise PipelineError(f"train.csv has {len(flags)} studies; the {n_splits}-fold split needs "
                             f"at least {n_splits}")
     negative = (flags.values == 1).astype(int)
+    if max(negative.sum(), len(negative) - negative.sum()) < n_splits:
+        raise PipelineError(f"train.csv has {int(negative.sum())} negative and "
+                            f"{int(len(negative) - negative.sum())} other studies; the stratified "
+                            f"{n_splits}-fold split needs at least {n_splits} of one kind")
     skf = StratifiedKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     fold = np.empty(len(flags), dtype=int)
     for k, (_, val) in enumerate(skf.split(np.zeros(len(flags)), negative)):

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 
 from . import metric, paths
 from .errors import PipelineError
@@ -335,16 +335,12 @@ class RNNTask:
 
     def finish(self, model, run_dir, val_loader, device):
         """With the best weights: predict every validation series; write oof.csv (post-processed,
-        submission layout), scores.json and prior.json into the run folder.
-
-        A loader of its own over the whole validation set: the engine's may be one rank's shard.
-        """
+        submission layout), scores.json and prior.json into the run folder."""
         ds = val_loader.dataset
-        loader = DataLoader(ds, batch_size=val_loader.batch_size or 1, shuffle=False,
-                            num_workers=0, collate_fn=collate)
-        rec = self.predict(model, loader, device)
+        rec = self.predict(model, val_loader, device)
         expected = sorted({study for study, _ in ds.series})
         if sorted(rec["study"]) != expected:
+            # e.g. one rank's shard: an oof file must cover its whole validation fold
             raise PipelineError(f"{run_dir}: predicted {len(rec['study'])} of {len(expected)} validation studies")
         ev = evaluate(rec)
         run_dir = Path(run_dir)

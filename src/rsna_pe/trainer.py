@@ -504,7 +504,7 @@ class Trainer:
                 if not group_end:
                     continue
                 self._optimizer_step()
-                if self.step % log_every == 0 and d.is_main:
+                if log_every and self.step % log_every == 0 and d.is_main:
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{_lr(self.optimizer):.2e}")
                     self.wandb.log({"train/loss_step": loss.item(), "lr": _lr(self.optimizer)}, self.step)
                 if math.ceil((b + 1) / accum) in val_at:

@@ -1,0 +1,151 @@
+"""Stages 4-7 on a tiny generated data set: npz, embedding dump, inference, predict_study.
+
+One module-scoped workspace runs the whole chain once (CNN and LSTM trained for a few steps at
+32 px); the tests then check each stage's outputs against independent computations.
+"""
+import json
+import shutil
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import dump_embeddings
+import inference
+import make_csv
+import make_image
+import make_npz
+import predict_study
+import train_rsna
+from rsna_pe import paths
+from rsna_pe.checkpoint import find_checkpoint, load_model
+from rsna_pe.config import CONFIG_DIR
+from rsna_pe.errors import PipelineError
+from rsna_pe.images import jpeg_name, read_jpeg
+from rsna_pe.labels import LABELS
+from rsna_pe.metric import consistency_violations, from_submission, validate_submission
+from rsna_pe.synthetic import generate
+
+DEMO = CONFIG_DIR / "demo"
+SIZE = 32
+CNN_FAST = ["dataset.jpeg_size=32", "dataset.size=32", "train.max_steps_per_epoch=2", "train.batch_size=8",
+            "train.val_batch_size=64", "train.num_workers=0", "wandb.mode=disabled"]
+RNN_FAST = ["dataset.csv=data/fold/ver1/train-jpegs-32/train.csv", "train.epochs=2",
+            "train.num_workers=0", "wandb.mode=disabled"]
+
+
+@pytest.fixture(scope="module")
+def ws(tmp_path_factory):
+    """A workspace after stages 1-6 for one CNN+RNN pair (bce, fold 0)."""
+    root = tmp_path_factory.mktemp("ws")
+    mp = pytest.MonkeyPatch()
+    mp.chdir(root)
+    generate(root / "data", n_train=24, n_test=3, slices=(4, 6), matrix=64, workers=1, seed=3)
+    make_image.main(["-c", str(DEMO / "make_image.yml"), f"size={SIZE}", "workers=1"])
+    make_csv.main(["-c", str(DEMO / "make_csv.yml"), f"size={SIZE}"])
+    train_rsna.main(["-c", str(DEMO / "train_cnn" / "rexnet200_bce.yml"), *CNN_FAST])
+    make_npz.main(["-c", str(DEMO / "make_npz.yml"), f"size={SIZE}", "workers=1"])
+    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"size={SIZE}",
+                          "num_workers=0", "batch_size=4"])
+    train_rsna.main(["-c", str(DEMO / "train_rnn" / "rexnet200_bce.yml"), *RNN_FAST])
+    yield root
+    mp.undo()
+
+
+def _infer(*extra):
+    inference.main(["-c", str(DEMO / "inference.yml"), "models=[{cnn: rexnet200_bce, rnn: rexnet200_bce}]",
+                    "folds=[0]", "num_workers=0", *extra])
+
+
+def test_npz_contents_order_and_labels(ws):
+    fold = pd.read_csv(paths.fold_csv(ws / "data", SIZE), dtype={"SOPInstanceUID": str, "StudyInstanceUID": str,
+                                                                  "SeriesInstanceUID": str})
+    for (study, series), g in list(fold.groupby(["StudyInstanceUID", "SeriesInstanceUID"]))[:4]:
+        g = g.sort_values("z_pos_order")
+        with np.load(paths.series_file(paths.npz_dir(ws / "data", SIZE), study, series)) as z:
+            assert z["imgs"].dtype == np.uint8 and z["imgs"].shape == (len(g), 3, SIZE, SIZE)
+            assert list(z["sop"]) == g.SOPInstanceUID.tolist()
+            assert np.array_equal(z["labels"], g[list(LABELS)].to_numpy(np.float32))
+            k = len(g) // 2
+            jpg = read_jpeg(paths.jpeg_dir(ws / "data", SIZE) / study / series /
+                            jpeg_name(k, g.SOPInstanceUID.iloc[k]))
+            assert np.array_equal(z["imgs"][k], jpg.transpose(2, 0, 1))
+
+
+def test_embeddings_equal_direct_features_and_rerun_skips(ws):
+    ckpt = find_checkpoint("output/train_cnn", "rexnet200_bce", 0)
+    model, _ = load_model(ckpt)
+    out = paths.dump_dir("dump/v1", "rexnet200_bce", 0)
+    files = sorted(out.rglob("*.npz"))
+    assert len(files) == 24
+    study, series = files[0].parent.name, files[0].stem
+    with np.load(files[0]) as z:
+        emb, sop = z["embeddings"], list(z["sop"])
+    assert emb.dtype == np.float32 and emb.shape == (len(sop), model.num_features)
+    jpegs = paths.jpeg_dir(ws / "data", SIZE) / study / series
+    x = torch.from_numpy(np.stack([read_jpeg(jpegs / jpeg_name(k, s)).transpose(2, 0, 1)
+                                   for k, s in enumerate(sop)]))
+    with torch.inference_mode():
+        direct = model.features(x).numpy()
+    np.testing.assert_allclose(emb, direct, rtol=1e-4, atol=1e-5)
+    # Chunk size changes nothing; a rerun skips finished files.
+    stamp = files[0].stat().st_mtime_ns
+    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"size={SIZE}",
+                          "num_workers=0", "batch_size=1", "dump_root=dump/chunk1"])
+    with np.load(paths.series_file(paths.dump_dir("dump/chunk1", "rexnet200_bce", 0), study, series)) as z:
+        np.testing.assert_allclose(z["embeddings"], emb, rtol=1e-4, atol=1e-5)
+    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"size={SIZE}",
+                          "num_workers=0"])
+    assert files[0].stat().st_mtime_ns == stamp
+
+
+def test_dump_missing_checkpoint_is_one_line_error(ws):
+    with pytest.raises(PipelineError, match=r"fold_2.*best\.ckpt|best\.ckpt.*fold_2|fold 2"):
+        dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), "dataset.fold=2"])
+
+
+def test_inference_writes_valid_submission_matching_test_csv(ws):
+    _infer()
+    sub = pd.read_csv("output/inference/rexnet200/submission.csv", dtype={"id": str})
+    test = pd.read_csv("data/test.csv", dtype=str)
+    studies = sorted(test.StudyInstanceUID.unique())
+    sops = [test.SOPInstanceUID[test.StudyInstanceUID == s].to_numpy() for s in studies]
+    expected = set(test.SOPInstanceUID) | {f"{s}_{k}" for s in studies for k in LABELS[:9]}
+    assert set(sub.id) == expected and len(sub) == len(expected)
+    assert validate_submission(sub, studies, sops) == []
+    exam, img = from_submission(sub, studies, sops)
+    assert not any(consistency_violations(exam, img))
+    assert pd.read_csv("output/inference/rexnet200/errors.csv").empty
+
+
+def test_corrupt_study_is_logged_and_filled_with_prior(ws, tmp_path):
+    data = tmp_path / "data"
+    shutil.copytree(ws / "data" / "test", data / "test")
+    shutil.copy(ws / "data" / "test.csv", data / "test.csv")
+    test = pd.read_csv(data / "test.csv", dtype=str)
+    bad = sorted(test.StudyInstanceUID.unique())[0]
+    for f in sorted((data / "test" / bad).rglob("*.dcm"))[:1]:
+        f.write_bytes(b"garbage")
+    out = tmp_path / "out"
+    _infer(f"data_dir={data}", f"output_dir={out}")
+    errors = pd.read_csv(out / "errors.csv", dtype=str)
+    assert errors.StudyInstanceUID.tolist() == [bad] and ".dcm" in errors.reason[0]
+    sub = pd.read_csv(out / "submission.csv", dtype={"id": str}).set_index("id")["label"]
+    prior = json.loads((paths.run_dir("output/train_rnn", "rexnet200_bce", 0) / "prior.json").read_text())
+    bad_sops = test.SOPInstanceUID[test.StudyInstanceUID == bad]
+    np.testing.assert_allclose(sub[bad_sops].to_numpy(), prior["pe_present_on_image"], rtol=1e-6)
+    with pytest.raises(PipelineError, match="unreadable"):
+        _infer(f"data_dir={data}", f"output_dir={tmp_path / 'out2'}", "on_error=fail")
+
+
+def test_predict_study_writes_json_and_png(ws, tmp_path, capsys):
+    test = pd.read_csv("data/test.csv", dtype=str)
+    study, series = test.iloc[0][["StudyInstanceUID", "SeriesInstanceUID"]]
+    predict_study.main([str(ws / "data" / "test" / study / series), "-c", str(DEMO / "inference.yml"),
+                        "--out", str(tmp_path), "models=[{cnn: rexnet200_bce, rnn: rexnet200_bce}]", "folds=[0]"])
+    result = json.loads((tmp_path / "prediction.json").read_text())
+    assert set(result["exam"]) == set(LABELS[:9])
+    assert len(result["slices"]) == (test.StudyInstanceUID == study).sum()
+    assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "negative_exam_for_pe" in capsys.readouterr().out
