@@ -12,7 +12,6 @@ import cv2
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import paths
 from .errors import PipelineError
