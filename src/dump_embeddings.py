@@ -8,17 +8,16 @@ from the checkpoint's own config and writes ``dump/v1/<run>/fold_<k>/<study>/<se
 torchrun each rank takes its share of the series.
 """
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, paths
+from rsna_pe import cli, distributed, paths
 from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.config import save_config
-from rsna_pe.embed import Embedder, pick_device, resize_stack
+from rsna_pe.embed import Embedder, resize_stack
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_savez, read_csv
 
@@ -50,10 +49,15 @@ def main(argv=None):
     ckpt = Path(cfg["ckpt_path"]) if cfg["ckpt_path"] else find_checkpoint(cfg["cnn_output"], run, fold)
     if not ckpt.is_file():
         raise PipelineError(f"{ckpt}: checkpoint not found")
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(cfg["device"])
-    if device.type == "cuda" and world > 1:
-        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+    d = distributed.init(cfg["device"])
+    try:
+        _dump(cfg, run, fold, ckpt, d)
+    finally:
+        distributed.cleanup()
+
+
+def _dump(cfg, run, fold, ckpt, d):
+    rank, world, device = d.rank, d.world, d.device
     model, mcfg = load_model(ckpt, device="cpu")
     size = mcfg["dataset"]["size"]
 

@@ -8,18 +8,15 @@ that cannot be read gets the label prior and is listed in errors.csv (``on_error
 that an error). Under torchrun the ranks share the studies and rank 0 writes.
 """
 import logging
-import os
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import torch
-import torch.distributed as dist
 from tqdm import tqdm
 
-from rsna_pe import cli
+from rsna_pe import cli, distributed
 from rsna_pe.config import save_config
-from rsna_pe.embed import pick_device
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.labels import ID_COLUMNS
@@ -49,30 +46,27 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
 
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv)
-    rank, world = int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-    device = pick_device(cfg["device"])
-    if world > 1:
-        if device.type == "cuda":
-            device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
-            torch.cuda.set_device(device)
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    d = distributed.init(cfg["device"])
+    try:
+        return _infer(cfg, d)
+    finally:
+        distributed.cleanup()
 
+
+def _infer(cfg, d):
     data = Path(cfg["data_dir"])
     df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
     dirs = series_dirs(data / cfg["split"], df)
-    ens = Ensemble(resolve_pairs(cfg), device, chunk=cfg["batch_size"], amp=cfg["amp"],
+    ens = Ensemble(resolve_pairs(cfg), d.device, chunk=cfg["batch_size"], amp=cfg["amp"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["tta_flip"])
-    log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), device)
-    results, errors = predict_all(ens, sorted(dirs)[rank::world], dirs, expected, cfg["num_workers"], rank)
-    if world > 1:
-        gathered = [None] * world
-        dist.all_gather_object(gathered, (results, errors))
-        results = {k: v for r, _ in gathered for k, v in r.items()}
-        errors = [e for _, es in gathered for e in es]
-        dist.destroy_process_group()
-    if rank:
+    log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), d.device)
+    results, errors = predict_all(ens, sorted(dirs)[d.rank::d.world], dirs, expected, cfg["num_workers"], d.rank)
+    gathered = distributed.gather_objects((results, errors), d)
+    if not d.is_main:
         return 0
+    results = {k: v for r, _ in gathered for k, v in r.items()}
+    errors = [e for _, es in gathered for e in es]
 
     study_ids = sorted(results)
     sops = [np.asarray(results[s][0]) for s in study_ids]

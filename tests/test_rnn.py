@@ -224,7 +224,8 @@ def test_finish_writes_oof_of_exactly_the_validation_studies(tmp_path):
     sops = [[f"1.4.{i}.{k}" for k in range(n)] for i, n in ((0, 4), (1, 6))]
     exam, img = metric.from_submission(oof, studies, sops)
     assert not any(metric.consistency_violations(exam, img))
-    scores = json.loads((run / "scores.json").read_text())
+    # Strict JSON: NaN (AUC of a label with one class here) must be written as null.
+    scores = json.loads((run / "scores.json").read_text(), parse_constant=lambda c: pytest.fail(c))
     assert scores["studies"] == 2 and scores["images"] == 10 and scores["cnn_run"] == "cnn_a"
     assert json.loads((run / "prior.json").read_text()) == task.extra_state()["prior"]
 

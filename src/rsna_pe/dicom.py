@@ -57,13 +57,13 @@ def sort_slices(infos, where=""):
     if all(i.instance is not None for i in infos):
         log.warning("%s: ImagePositionPatient missing, ordering slices by InstanceNumber", where)
         return sorted(infos, key=lambda i: (i.instance, i.sop))
-    raise DicomReadError(where, f"neither ImagePositionPatient nor InstanceNumber on every slice")
+    raise DicomReadError(where, "neither ImagePositionPatient nor InstanceNumber on every slice")
 
 
 def series_files(series_dir):
     files = sorted(Path(series_dir).glob("*.dcm"))
     if not files:
-        raise DicomReadError(series_dir, f"no .dcm files")
+        raise DicomReadError(series_dir, "no .dcm files")
     return files
 
 
@@ -92,7 +92,7 @@ def _native_pixels(ds):
 def to_hu(ds, path):
     """This slice's HU with its own slope/intercept: integer when exact, else float32."""
     if "PixelData" not in ds:
-        raise DicomReadError(path, f"no pixel data")
+        raise DicomReadError(path, "no pixel data")
     try:
         arr = _native_pixels(ds)
         if arr is None:

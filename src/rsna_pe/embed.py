@@ -2,25 +2,11 @@
 
 Used by stage 5 (dump_embeddings) and stage 7 (inference), so both run the backbone the same way.
 """
-import contextlib
-
 import cv2
 import numpy as np
 import torch
 
-
-def pick_device(name="auto"):
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
-
-
-def autocast(device, enabled=True):
-    """bf16 where the GPU has it, else fp16; fp32 on CPU (CPU autocast is slower than fp32 here)."""
-    if not enabled or device.type != "cuda":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return torch.autocast("cuda", dtype=dtype)
+from .trainer import amp_settings, autocast
 
 
 def resize_stack(imgs, size):
@@ -36,7 +22,8 @@ class Embedder:
     """Pooled backbone features (S, D) float32 for a uint8 RGB stack (S, 3, H, W) of any length."""
 
     def __init__(self, model, device, chunk=64, amp=True, channels_last=True, compile=False, tta_flip=False):
-        self.device, self.chunk, self.amp = device, chunk, amp
+        # bf16 where the GPU has it, else fp16; fp32 on CPU.
+        self.device, self.chunk, self.dtype = device, chunk, amp_settings(amp, device)[0]
         self.channels_last = channels_last
         model = model.to(device).eval()
         if channels_last:
@@ -57,7 +44,7 @@ class Embedder:
             x = x_all[start:start + self.chunk].to(self.device, non_blocking=True)
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
-            with autocast(self.device, self.amp):
+            with autocast(self.device, self.dtype):
                 y = fn(x)
                 if self.tta_flip:
                     y = (y + fn(torch.flip(x, dims=[3]))) / 2

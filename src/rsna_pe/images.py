@@ -32,7 +32,7 @@ def read_jpeg(path):
     """RGB uint8 (H, W, 3); a missing or corrupt file is a one-line error naming it."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise DicomReadError(path, f"missing or unreadable JPEG")
+        raise DicomReadError(path, "missing or unreadable JPEG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -56,7 +56,7 @@ def convert_series(series_dir, out_dir, size, quality=95):
             infos.append(info)
         order = sort_slices(infos, where=str(series_dir))
         if len({i.sop for i in order}) != len(order):
-            raise DicomReadError(series_dir, f"duplicate SOPInstanceUID")
+            raise DicomReadError(series_dir, "duplicate SOPInstanceUID")
         for k, info in enumerate(order):
             os.rename(tmp / f"{info.sop}.jpg", tmp / jpeg_name(k, info.sop))
     return [(k, i.sop, i.z) for k, i in enumerate(order)]

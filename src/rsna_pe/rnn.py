@@ -228,11 +228,15 @@ def _bce_logits(logits, target):
     return float(np.mean(np.maximum(x, 0) - x * y + np.log1p(np.exp(-np.abs(x))))) if x.size else float("nan")
 
 
-def merge_outputs(outs):
-    """Every batch's ``out`` -> one record per study, in first-seen order.
+def _records(df):
+    """A per-label table as JSON-ready rows; NaN (e.g. an AUC of one class) becomes null."""
+    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
+            for row in df.to_dict(orient="records")]
 
-    A distributed sampler repeats a few series to even out ranks; repeats are dropped.
-    """
+
+def merge_outputs(outs):
+    """Every batch's ``out`` -> one record per study, in first-seen order. A study seen twice
+    (a sampler that pads ranks to equal length repeats a few) counts once."""
     seen, rec = set(), {k: [] for k in ("study", "sop", "exam_logits", "image_logits",
                                         "exam_true", "image_true")}
     for out in outs:
@@ -350,8 +354,8 @@ class RNNTask:
         scores = {"cnn_run": self.cnn_run, "fold": self.fold, "studies": len(rec["study"]),
                   "images": int(sum(len(s) for s in rec["sop"])), "val_loss": m["val_loss"],
                   "score": m["score"], "score_postprocessed": m["score_pp"],
-                  "per_label": ev["per_label"].to_dict(orient="records"),
-                  "per_label_postprocessed": ev["per_label_pp"].to_dict(orient="records")}
+                  "per_label": _records(ev["per_label"]),
+                  "per_label_postprocessed": _records(ev["per_label_pp"])}
         atomic_write_text(run_dir / "scores.json", json.dumps(scores, indent=2) + "\n")
         self.write_prior(run_dir)
         log.info("oof: %d studies, score %.5f (post-processed %.5f) -> %s",
