@@ -1,0 +1,43 @@
+"""Shared set-up for the stage 5 and 7 benchmarks: run folders with randomly initialised
+CNN and LSTM checkpoints in the pipeline's own format (no training, no downloads)."""
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "src"))
+
+from rsna_pe import paths  # noqa: E402
+from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
+from rsna_pe.labels import LABELS  # noqa: E402
+from rsna_pe.trainer import build_model  # noqa: E402
+
+
+def sync(device):
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def fake_runs(out, size, variants=("rexnet200_bce", "rexnet200_focal"), folds=(0, 1, 2), rnn=True):
+    """Write best.ckpt (random weights) for each CNN run (and LSTM run) x fold under ``out``.
+    Returns (cnn_output, rnn_output)."""
+    cnn_out, rnn_out = Path(out) / "train_cnn", Path(out) / "train_rnn"
+    for v in variants:
+        for k in folds:
+            torch.manual_seed(k)
+            cfg = load_config(CONFIG_DIR / "train_cnn" / f"{v}.yml",
+                              [f"dataset.fold={k}", f"dataset.size={size}", "model.pretrained=false"])
+            _save(build_model(cfg), cfg, paths.run_dir(cnn_out, v, k))
+            if rnn:
+                rcfg = load_config(CONFIG_DIR / "train_rnn" / f"{v}.yml", [f"dataset.fold={k}"])
+                run = paths.run_dir(rnn_out, v, k)
+                _save(build_model(rcfg), rcfg, run)
+                (run / "prior.json").write_text(json.dumps({name: 0.1 for name in LABELS}))
+    return cnn_out, rnn_out
+
+
+def _save(model, cfg, run):
+    run.mkdir(parents=True, exist_ok=True)
+    torch.save({"config": cfg, "model": model.state_dict()}, run / "best.ckpt")
