@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole pipeline on generated CTPA-like data, on CPU, in a workspace folder.
 # Usage: ./run_demo.sh [WORKSPACE]   (default: demo/ in the repo; reruns skip finished work)
-# Sizes via env: N_TRAIN (40), N_TEST (10), SLICES_MIN/SLICES_MAX (36/44), MATRIX (256).
+# Sizes via env: N_TRAIN (80), N_TEST (20), SLICES_MIN/SLICES_MAX (16/24), MATRIX (256).
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/scripts/setup_venv.sh"
@@ -15,8 +15,8 @@ start=$(date +%s)
 
 step "synthetic data -> $WS/data"
 if [ ! -f data/test_labels.csv ]; then
-  "$PY" "$SRC/make_synthetic_data.py" data --n-train "${N_TRAIN:-40}" --n-test "${N_TEST:-10}" \
-    --slices "${SLICES_MIN:-36}" "${SLICES_MAX:-44}" --matrix "${MATRIX:-256}" --seed 0
+  "$PY" "$SRC/make_synthetic_data.py" data --n-train "${N_TRAIN:-80}" --n-test "${N_TEST:-20}" \
+    --slices "${SLICES_MIN:-16}" "${SLICES_MAX:-24}" --matrix "${MATRIX:-256}" --seed 0
 else
   echo "data/ exists, kept"
 fi

@@ -20,6 +20,7 @@ from rsna_pe.config import save_config
 from rsna_pe.embed import Embedder, resize_stack
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_savez, read_csv
+from rsna_pe.trainer import set_cpu_threads
 
 log = logging.getLogger("dump_embeddings")
 
@@ -58,6 +59,8 @@ def main(argv=None):
 
 def _dump(cfg, run, fold, ckpt, d):
     rank, world, device = d.rank, d.world, d.device
+    if device.type == "cpu":
+        set_cpu_threads(cfg["num_workers"], world)
     model, mcfg = load_model(ckpt, device="cpu")
     size = mcfg["dataset"]["size"]
 

@@ -21,6 +21,7 @@ from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.labels import ID_COLUMNS
 from rsna_pe.metric import to_submission, validate_submission
+from rsna_pe.trainer import set_cpu_threads
 from rsna_pe.predict import Ensemble, StudyReader, resolve_pairs, series_dirs
 
 log = logging.getLogger("inference")
@@ -54,6 +55,8 @@ def main(argv=None):
 
 
 def _infer(cfg, d):
+    if d.device.type == "cpu":
+        set_cpu_threads(cfg["num_workers"], d.world)
     data = Path(cfg["data_dir"])
     df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()

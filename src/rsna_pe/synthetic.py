@@ -45,7 +45,7 @@ from .labels import EXAM_LABELS, ID_COLUMNS, IMAGE_LABEL, QA_COLUMNS, TRAIN_COLU
 
 log = logging.getLogger(__name__)
 
-VERSION = 1  # bump when the phantom or the plan changes, so old sets are not taken as current
+VERSION = 2  # bump when the phantom or the plan changes, so old sets are not taken as current
 COMPRESSED_SYNTAXES = (JPEGLosslessSV1, JPEG2000Lossless, RLELossless)
 # Compressed series take these in turn: JPEG 2000 is rarer since it encodes ~5x slower.
 _COMPRESSION_CYCLE = (JPEGLosslessSV1, RLELossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless)
@@ -69,6 +69,9 @@ HU_MIN, HU_MAX = -1024, 3071  # scanner range; padding lies outside it
 # t = 0 at the lung bases, 1 at the apices) ---
 TRUNK_T = (0.44, 0.64)
 RPA_T, LPA_T, PA_HALF = 0.64, 0.67, 0.05   # main arteries: horizontal tubes in a band of t
+# Pulmonary arteries (and so their clots) are drawn wider than life, so that a clot still
+# covers several pixels when a slice is shrunk to the demo's 64 px CNN input.
+ARTERY_SCALE = 1.5
 # Where an embolus may sit: t-range per site (main arteries: where the tube is >= 70 % wide).
 SITE_T = {
     "trunk": (0.46, 0.62),
@@ -661,20 +664,21 @@ class Phantom:
         top = (0.06 + d, -0.1)
         if TRUNK_T[0] <= t <= TRUNK_T[1]:
             u = (t - TRUNK_T[0]) / (TRUNK_T[1] - TRUNK_T[0])
-            out["trunk"] = Disk(_lerp(0.02, top[0], u), _lerp(-0.22, top[1], u), 0.11, 0.11)
+            out["trunk"] = Disk(_lerp(0.02, top[0], u), _lerp(-0.22, top[1], u),
+                                0.11 * ARTERY_SCALE, 0.11 * ARTERY_SCALE)
         for site, tc, side in (("rpa", RPA_T, -1), ("lpa", LPA_T, 1)):
             if abs(t - tc) < PA_HALF:  # a tube lying in the slice plane: narrower off its axis
-                r = 0.095 * math.sqrt(1 - ((t - tc) / PA_HALF) ** 2)
+                r = 0.095 * ARTERY_SCALE * math.sqrt(1 - ((t - tc) / PA_HALF) ** 2)
                 out[site] = Capsule(top[0], top[1], side * 0.36 + d, 0.08, r)
         for side, name in ((-1, "r"), (1, "l")):
             x = side * 0.36 + d
             if 0.08 <= t <= RPA_T:
                 u = (RPA_T - t) / (RPA_T - 0.08)
-                r = _lerp(0.11, 0.09, u)
+                r = _lerp(0.11, 0.09, u) * ARTERY_SCALE
                 out[f"{name}_lower"] = Disk(x + side * 0.02 * u, _lerp(0.08, 0.18, u), r, r)
             if RPA_T + 0.04 <= t <= 0.95:
                 u = (t - RPA_T - 0.04) / (0.95 - RPA_T - 0.04)
-                r = _lerp(0.1, 0.08, u)
+                r = _lerp(0.1, 0.08, u) * ARTERY_SCALE
                 out[f"{name}_upper"] = Disk(x, _lerp(0.06, -0.06, u), r, r)
         return out
 
