@@ -86,7 +86,8 @@ def main():
         print(f"{name}: {min(t):.3f} s per forward+backward (best of {a.repeats}; "
               f"median {statistics.median(t):.3f} s)")
     if "padded" in results:
-        print(" ".join(f"{k}/padded = {v / results['padded']:.2f}" for k, v in results.items() if k != "padded"))
+        print(" ".join(f"{k}/padded = {v / results['padded']:.2f}"
+                       for k, v in results.items() if k != "padded"))
 
 
 if __name__ == "__main__":

@@ -17,6 +17,17 @@ from rsna_pe.rnn import RNNHead, RNNTask, collate, rnn_loss
 DIM = 8  # tiny embeddings: the head takes input_dim from the config
 
 
+@pytest.fixture(autouse=True)
+def one_thread(monkeypatch):
+    # Tiny models: OpenMP threads cost more than they give, and a busy machine makes spinning
+    # threads many times slower. OMP_NUM_THREADS also stops the engine from raising the count.
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def tiny_model(dropout=0.5, dtype=torch.float64, impl="auto"):
     torch.manual_seed(0)
     return RNNHead(input_dim=DIM, hidden=6, layers=3, dropout=dropout, impl=impl).to(dtype)
@@ -99,7 +110,8 @@ def test_loss_ignores_padded_slices():
     junk_logits = img_logits.detach().clone()
     junk_labels = img_labels.clone()
     junk_logits[0, 3:], junk_labels[0, 3:] = 50.0, 0.0
-    torch.testing.assert_close(rnn_loss(junk_logits, exam_logits, junk_labels, exam_labels, lengths), loss.detach())
+    junk_loss = rnn_loss(junk_logits, exam_logits, junk_labels, exam_labels, lengths)
+    torch.testing.assert_close(junk_loss, loss.detach())
 
 
 def test_a_few_optimiser_steps_lower_the_loss():
@@ -143,7 +155,8 @@ def make_dump(root, folds=(0, 2, 6, 9, 12, 14), lengths=(4, 6, 3, 5, 7, 2), cnn_
                      embeddings=rng.normal(size=(n, DIM)).astype(np.float32), labels=labels, sop=sop)
         for k in range(n):
             rows.append({"StudyInstanceUID": study, "SeriesInstanceUID": series,
-                         "SOPInstanceUID": sop[k], **dict(zip(LABELS, labels[k])), "fold": f})
+                         "SOPInstanceUID": sop[k], "z_pos_order": k, **dict(zip(LABELS, labels[k])),
+                         "fold": f})
     csv = root / "fold.csv"
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv

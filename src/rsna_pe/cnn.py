@@ -15,9 +15,9 @@ import torch.nn as nn
 
 from . import paths
 from .errors import PipelineError
+from .folds import read_fold_csv
 from .images import jpeg_name, read_jpeg
-from .io import read_csv
-from .labels import ID_COLUMNS, IMAGE_LABEL
+from .labels import IMAGE_LABEL
 from .losses import build_loss
 from .trainer import Task, split_by_fold
 
@@ -215,13 +215,6 @@ class SliceDataset(torch.utils.data.Dataset):
             self.transform.set_random_seed(seed % 2**32)
 
 
-def read_fold_csv(path):
-    if not Path(path).is_file():
-        raise PipelineError(f"{path}: fold csv not found (run src/make_csv.py first)")
-    return read_csv(path, [*ID_COLUMNS, IMAGE_LABEL, "z_pos_order", "fold"],
-                    dtype={c: str for c in ID_COLUMNS})
-
-
 def slice_dataset(df, root, size, transform=None):
     root = Path(root)
     if not root.is_dir():
@@ -251,7 +244,7 @@ class CNNTask(Task):
     def datasets(self):
         dcfg = self.cfg["dataset"]
         src, size = dcfg["jpeg_size"], dcfg["size"]
-        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src))
+        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src), [IMAGE_LABEL])
         train_df, val_df = split_by_fold(df, dcfg["fold"], dcfg["k_fold"])
         if len(train_df) == 0 or len(val_df) == 0:
             raise PipelineError(f"fold {dcfg['fold']} leaves an empty train or val set in "

@@ -36,3 +36,16 @@ def val_fold_ids(fold, k_fold, n_splits=N_SPLITS):
 def split_mask(fold_ids, fold, k_fold):
     """Boolean array: True where a row/study with that fold id belongs to validation."""
     return np.isin(np.asarray(fold_ids), sorted(val_fold_ids(fold, k_fold)))
+
+
+def read_fold_csv(path, columns=()):
+    """Stage 2's fold csv: ids, ``z_pos_order``, ``fold`` and the requested label ``columns``
+    (only those are loaded: the real csv has 1.8 M rows)."""
+    from pathlib import Path
+
+    from .io import read_csv
+    from .labels import ID_COLUMNS
+    if not Path(path).is_file():
+        raise PipelineError(f"{path}: fold csv not found (run src/make_csv.py first)")
+    want = [*ID_COLUMNS, "z_pos_order", "fold", *columns]
+    return read_csv(path, want, usecols=lambda c: c in want, dtype=dict.fromkeys(ID_COLUMNS, str))

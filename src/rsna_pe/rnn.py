@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -19,9 +18,9 @@ from torch.utils.data import Dataset
 
 from . import metric, paths
 from .errors import PipelineError
-from .folds import split_mask
-from .io import atomic_to_csv, atomic_write_text, read_csv
-from .labels import EXAM_LABELS, ID_COLUMNS, LABELS
+from .folds import read_fold_csv, split_mask
+from .io import atomic_to_csv, atomic_write_text
+from .labels import EXAM_LABELS, LABELS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,8 @@ class RNNHead(nn.Module):
             if layer:
                 x = F.dropout(x, lstm.dropout, self.training)
             fwd = self._one_layer(lstm, layer, "", x)  # padding comes after the real steps
-            bwd = reverse_within(self._one_layer(lstm, layer, "_reverse", reverse_within(x, lengths)), lengths)
+            rev = self._one_layer(lstm, layer, "_reverse", reverse_within(x, lengths))
+            bwd = reverse_within(rev, lengths)
             x = torch.cat([fwd, bwd], dim=-1)
         return x
 
@@ -155,15 +155,6 @@ def rnn_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):
 
 
 # ----------------------------------------------------------------------------- data
-
-_CSV_COLUMNS = ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "z_pos_order", "fold", *LABELS)
-
-
-def read_fold_csv(csv_path):
-    """The fold csv's ids, labels and fold column (only the columns stage 6 needs)."""
-    return read_csv(csv_path, required=[c for c in _CSV_COLUMNS if c != "z_pos_order"],
-                    usecols=lambda c: c in _CSV_COLUMNS, dtype={c: str for c in ID_COLUMNS})
-
 
 class EmbeddingDataset(Dataset):
     """One item per series: its dumped embeddings (S, D) in z order, labels (S, 10), SOP ids."""
@@ -283,7 +274,7 @@ class RNNTask:
         """(train series, val series, label prior of the training part), from the fold csv."""
         if self._split is None:
             csv = self.cfg["dataset"]["csv"]
-            df = read_fold_csv(csv)
+            df = read_fold_csv(csv, LABELS)
             is_val = split_mask(df["fold"], self.fold, self.k_fold)
             train, val = _series_of(df[~is_val], csv), _series_of(df[is_val], csv)
             if not train or not val:
@@ -345,7 +336,8 @@ class RNNTask:
         expected = sorted({study for study, _ in ds.series})
         if sorted(rec["study"]) != expected:
             # e.g. one rank's shard: an oof file must cover its whole validation fold
-            raise PipelineError(f"{run_dir}: predicted {len(rec['study'])} of {len(expected)} validation studies")
+            raise PipelineError(f"{run_dir}: predicted {len(rec['study'])} of {len(expected)} "
+                                "validation studies")
         ev = evaluate(rec)
         run_dir = Path(run_dir)
         atomic_to_csv(metric.to_submission(rec["study"], ev["exam_pp"], rec["sop"], ev["img_prob"]),
