@@ -48,6 +48,3 @@ def load_model(path, device="cpu"):
     model.load_state_dict(ckpt["model"])
     return model.to(device).eval(), cfg
 
-
-# The name DESIGN.md's model section uses for the same thing.
-load_checkpoint = load_model

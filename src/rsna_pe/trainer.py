@@ -36,7 +36,7 @@ TASKS = {
 }
 
 class Task:
-    """What a network type supplies to the engine (see DESIGN.md, Task interface)."""
+    """What a network type supplies to the engine: model, datasets, step, validation metrics."""
 
     collate_fn = None
 
