@@ -1,12 +1,8 @@
 #!/usr/bin/env bash
-# Stage 5: dump per-slice embeddings of the six CNN runs ({bce, focal} x folds 0-2).
-# Usage: [CONFIGS=DIR] [NPROC=N] ./run_dump_embeddings.sh [key=value ...]
+# Stage 5: dump per-slice embeddings of the six CNN runs ({bce, focal} x folds 0-2) into
+# dump/v1/<run>/fold_<k>/. Run from the folder that holds data/ and output/.
+# Usage: [CONFIGS=DIR] [NPROC=N] [JOBS=N] [FOLDS=...] [VARIANTS=...] ./run_dump_embeddings.sh [key=value ...]
+#   (the variables as in run_train_cnn.sh). Finished series are skipped.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/wrapper_common.sh"
-for variant in rexnet200_bce rexnet200_focal; do
-  for fold in 0 1 2; do
-    echo "== dump_embeddings $variant fold $fold"
-    "${LAUNCH[@]}" "$REPO/src/dump_embeddings.py" -c "$CONFIGS/dump_embeddings/$variant.yml" \
-      dataset.fold="$fold" "$@"
-  done
-done
+run_each dump_embeddings "$REPO/src/dump_embeddings.py" "$CONFIGS/dump_embeddings" "$@"

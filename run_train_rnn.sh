@@ -6,18 +6,10 @@
 #   ./run_train_rnn.sh [key.sub=value ...]        # extra args are config overrides
 #   CONFIGS=DIR     config root (default: the repo's configs/); uses DIR/train_rnn/rexnet200_{bce,focal}.yml
 #   NPROC=N         processes per run; N > 1 runs DDP through torchrun
+#   JOBS=N          runs at once (default 1); on a CPU machine each gets cores/JOBS threads
 #   FOLDS="0 1 2"   VARIANTS="bce focal"   subsets
 #   PY=python       interpreter (default: the repo's .venv, else python3)
 # A finished run is skipped and an interrupted one resumes, so rerunning is safe.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/scripts/wrapper_common.sh"
-FOLDS="${FOLDS:-0 1 2}"
-VARIANTS="${VARIANTS:-bce focal}"
-for variant in $VARIANTS; do
-  cfg="$CONFIGS/train_rnn/rexnet200_$variant.yml"
-  [ -f "$cfg" ] || { echo "error: config not found: $cfg" >&2; exit 2; }
-  for fold in $FOLDS; do
-    echo "=== train_rnn rexnet200_$variant fold $fold" >&2
-    "${LAUNCH[@]}" "$REPO/src/train_rsna.py" -c "$cfg" "dataset.fold=$fold" "$@"
-  done
-done
+run_each train_rnn "$REPO/src/train_rsna.py" "$CONFIGS/train_rnn" "$@"

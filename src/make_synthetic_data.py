@@ -1,7 +1,8 @@
 """Write a synthetic CT pulmonary-angiogram data set in the Kaggle RSNA STR PE layout.
 
     python src/make_synthetic_data.py OUT_DIR [--n-train 40] [--n-test 10] [--slices 30 50]
-        [--matrix 512] [--seed 0] [--workers N] [--compressed-fraction 0.3] [--overwrite]
+        [--matrix 512] [--seed 0] [--workers N] [--compressed-fraction 0.3]
+        [--positive-fraction 0.33] [--overwrite]
 
 OUT_DIR gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test truth),
 train/ and test/ DICOM folders; see rsna_pe.synthetic for what the images hold.
@@ -26,6 +27,8 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--compressed-fraction", type=float, default=0.3,
                    help="share of series stored JPEG Lossless / JPEG 2000 / RLE (default 0.3)")
+    p.add_argument("--positive-fraction", type=float, default=1 / 3,
+                   help="share of studies with emboli (default 1/3, as in the competition data)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a synthetic set already in OUT_DIR (train/, test/, the csvs)")
     return p.parse_args(argv)
@@ -36,7 +39,8 @@ def main(argv=None):
     start = time.time()
     out = generate(args.out_dir, args.n_train, args.n_test, slices=args.slices,
                    matrix=args.matrix, seed=args.seed, workers=args.workers,
-                   compressed_fraction=args.compressed_fraction, overwrite=args.overwrite)
+                   compressed_fraction=args.compressed_fraction,
+                   positive_fraction=args.positive_fraction, overwrite=args.overwrite)
     print(f"{out.root}: {len(out.train)} train and {len(out.test_labels)} test images "
           f"in {time.time() - start:.1f} s")
 

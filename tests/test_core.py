@@ -59,11 +59,12 @@ def test_config_base_and_typed_overrides(tmp_path):
     assert cfg["run_name"] == "run_x"
     assert cfg["a"] == 3 and cfg["b"]["c"] == 1.0 and isinstance(cfg["b"]["c"], float)
     assert cfg["b"]["e"] is False and cfg["b"]["f"] == [3] and cfg["b"]["d"] == "007"
+    assert load_config(cfg_file, ["b.c=3e-3"])["b"]["c"] == 0.003  # YAML 1.1 calls this a string
 
 
 @pytest.mark.parametrize("override,msg", [
     ("b.zz=1", "unknown config key 'b.zz'"), ("zz.c=1", "unknown config key 'zz.c'"),
-    ("a=hello", "expected int"), ("b.e=1", "expected bool"), ("a", "not key=value"),
+    ("a=hello", "expected int"), ("b.c=fast", "expected float"), ("b.e=1", "expected bool"), ("a", "not key=value"),
 ])
 def test_config_override_errors(tmp_path, override, msg):
     f = _write(tmp_path / "c.yml", "a: 1\nb: {c: 0.5, e: true}\n")

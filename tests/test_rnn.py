@@ -296,9 +296,8 @@ def test_engine_run_writes_oof_of_exactly_the_validation_studies(tmp_path, monke
     assert isinstance(model, RNNHead) and not model.training
 
 
-def test_wrapper_runs_from_another_folder_with_relative_paths(tmp_path):
-    # CWD stays the caller's (relative paths below resolve in tmp_path), CONFIGS picks the
-    # config folder, extra args reach the config as overrides.
+def run_wrapper(tmp_path, **env_vars):
+    """run_train_rnn.sh from tmp_path on make_dump() data, with configs copied beside it."""
     import shutil
     import subprocess
     import sys
@@ -307,10 +306,31 @@ def test_wrapper_runs_from_another_folder_with_relative_paths(tmp_path):
     shutil.copytree(REPO / "configs/train_rnn", configs / "train_rnn")
     args = [a for a in tiny_overrides(Path("."), "fold.csv")
             if not a.startswith(("dataset.dump_root", "output_dir", "train.epochs"))]
-    env = dict(os.environ, CONFIGS=str(configs), FOLDS="0", VARIANTS="bce", PY=sys.executable,
-               WANDB_MODE="disabled")
-    subprocess.run([str(REPO / "run_train_rnn.sh"), *args, "dataset.dump_root=dump",
-                    "output_dir=out", "train.epochs=1"], cwd=tmp_path, env=env, check=True,
-                   capture_output=True)
+    env = dict(os.environ, CONFIGS=str(configs), VARIANTS="bce", PY=sys.executable,
+               WANDB_MODE="disabled", **env_vars)
+    return subprocess.run([str(REPO / "run_train_rnn.sh"), *args, "dataset.dump_root=dump",
+                           "output_dir=out", "train.epochs=1"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True)
+
+
+def test_wrapper_runs_from_another_folder_with_relative_paths(tmp_path):
+    # CWD stays the caller's (relative paths below resolve in tmp_path), CONFIGS picks the
+    # config folder, extra args reach the config as overrides.
+    res = run_wrapper(tmp_path, FOLDS="0")
+    assert res.returncode == 0, res.stderr
     assert (tmp_path / "out/rexnet200_bce/fold_0/oof.csv").is_file()
     assert not (tmp_path / "out/rexnet200_focal").exists()
+
+
+def test_wrapper_jobs_run_side_by_side_and_report_a_failed_run(tmp_path):
+    # JOBS=2: both folds start; fold 1 has no dumped embeddings and fails with its one-line
+    # error, fold 0 still finishes, the wrapper exits non-zero naming the failed run and its log.
+    res = run_wrapper(tmp_path, FOLDS="0 1", JOBS="2")
+    assert res.returncode == 1
+    assert (tmp_path / "out/rexnet200_bce/fold_0/oof.csv").is_file()
+    log = tmp_path / "output/logs/train_rnn_rexnet200_bce_fold1.log"
+    assert "error: train_rnn rexnet200_bce fold 1 failed: error:" in res.stderr
+    assert str(Path("output/logs/train_rnn_rexnet200_bce_fold1.log")) in res.stderr
+    assert "dump" in log.read_text().splitlines()[-1]
+    assert (tmp_path / "output/logs/train_rnn_rexnet200_bce_fold0.log").is_file()
+    assert "done: train_rnn rexnet200_bce fold 0" in res.stdout

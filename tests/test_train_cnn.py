@@ -394,3 +394,14 @@ def test_pretrained_without_network_is_one_line_error(tmp_path):
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: cannot download rexnet_200 pretrained weights")
     assert "model.pretrained_file=PATH" in last and "model.pretrained=false" in last
+
+
+def test_wandb_offline_logs_into_the_run_folder(data, tmp_path, monkeypatch):
+    """The real wandb client, offline: the run lands in <run>/wandb/offline-run-*/ with its
+    .wandb log (what `wandb sync` uploads), and the environment variable beats the config."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    run_main(["-c", str(DEMO_CFG), *overrides(data, tmp_path, **{"train.epochs": 1, "train.max_steps_per_epoch": 1,
+                                                              "train.val_per_epoch": 1})])
+    logs = list((paths.run_dir(tmp_path, "rexnet200_bce", 0) / "wandb").glob("offline-run-*/*.wandb"))
+    assert len(logs) == 1 and logs[0].stat().st_size > 0

@@ -54,6 +54,10 @@ def _cast(key, text, old):
     elif isinstance(old, float):
         if isinstance(new, (int, float)) and not isinstance(new, bool):
             return float(new)
+        try:  # YAML 1.1 reads "3e-3" (no dot) as a string
+            return float(text)
+        except ValueError:
+            pass
     elif isinstance(old, str):
         return text
     elif isinstance(old, (list, dict)):

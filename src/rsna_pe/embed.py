@@ -32,21 +32,28 @@ class Embedder:
         self.features = torch.compile(model.features, dynamic=True) if compile else model.features
         self.tta_flip = tta_flip
 
+    def to_device(self, imgs):
+        """uint8 (S, 3, H, W) numpy or tensor -> tensor on the model's device, copied once
+        (through pinned memory on GPU) so that several models can share it."""
+        x = torch.as_tensor(imgs)
+        if self.device.type == "cuda" and x.device.type == "cpu":
+            x = x.pin_memory().to(self.device, non_blocking=True)
+        return x.to(self.device)
+
     @torch.inference_mode()
     def run(self, imgs, fn=None):
-        """Apply ``fn`` (default: features) chunk by chunk; returns float32 numpy (S, ...)."""
+        """Apply ``fn`` (default: features) chunk by chunk to a uint8 stack (S, 3, H, W), numpy
+        or tensor (on the device already, see to_device); returns float32 numpy (S, ...)."""
         fn = fn or self.features
-        x_all = torch.as_tensor(imgs)
-        if self.device.type == "cuda":
-            x_all = x_all.pin_memory()
+        x_all = self.to_device(imgs)
         outs = []
         for start in range(0, len(x_all), self.chunk):
-            x = x_all[start:start + self.chunk].to(self.device, non_blocking=True)
+            x = x_all[start:start + self.chunk]
             if self.channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(self.device, self.dtype):
                 y = fn(x)
                 if self.tta_flip:
                     y = (y + fn(torch.flip(x, dims=[3]))) / 2
-            outs.append(y.float().cpu())
-        return torch.cat(outs).numpy() if outs else np.zeros((0,), np.float32)
+            outs.append(y.float())
+        return torch.cat(outs).cpu().numpy() if outs else np.zeros((0,), np.float32)

@@ -66,8 +66,10 @@ class Ensemble:
     def predict(self, images):
         """{size: uint8 (S, 3, H, W)} -> (exam probabilities (9,), image probabilities (S,))."""
         exams, imgs = [], []
+        # One host-to-device copy per input size, shared by all the models of that size.
+        on_device = {size: self.members[0][1].to_device(images[size]) for size in self.sizes}
         for size, emb, rnn in self.members:
-            feats = torch.from_numpy(emb.run(images[size])).to(self.device)[None]
+            feats = torch.from_numpy(emb.run(on_device[size])).to(self.device)[None]
             img_logit, exam_logit = rnn(feats, torch.tensor([feats.shape[1]]))
             img = torch.sigmoid(img_logit[0].float()).cpu().numpy()
             exam = postprocess(torch.sigmoid(exam_logit.float()).cpu().numpy(), [img])[0]

@@ -46,9 +46,10 @@ class RNNHead(nn.Module):
     and the attention is masked; logits at padded positions are zero and must be ignored.
 
     Two ways to run the LSTMs, same weights, same outputs: ``packed`` (pack_padded_sequence,
-    what cuDNN runs fastest) and ``layered`` (layer by layer on the padded batch, the backward
-    direction over each series reversed within its length). On CPU the packed backward pass is
-    several times slower than the padded one, which is why ``auto`` picks ``layered`` there.
+    the textbook way) and ``layered`` (layer by layer on the padded batch, the backward
+    direction over each series reversed within its length). Packed is several times slower
+    than padding on both CPU and GPU (benchmarks/bench_rnn.py: 5.5x on an H200 at the recipe's
+    sizes, layered 1.12x), so ``auto`` means ``layered``.
     """
 
     IMPLS = ("auto", "packed", "layered")
@@ -108,7 +109,7 @@ class RNNHead(nn.Module):
     def _run_lstms(self, emb, lengths, mask):
         impl = self.impl
         if impl == "auto":
-            impl = "packed" if emb.is_cuda else "layered"
+            impl = "layered"
         if impl == "layered":
             o1 = self._layered(self.lstm1, emb, lengths)
             o2 = self._layered(self.lstm2, o1, lengths)

@@ -45,7 +45,7 @@ from .labels import EXAM_LABELS, ID_COLUMNS, IMAGE_LABEL, QA_COLUMNS, TRAIN_COLU
 
 log = logging.getLogger(__name__)
 
-VERSION = 2  # bump when the phantom or the plan changes, so old sets are not taken as current
+VERSION = 3  # bump when the phantom or the plan changes, so old sets are not taken as current
 COMPRESSED_SYNTAXES = (JPEGLosslessSV1, JPEG2000Lossless, RLELossless)
 # Compressed series take these in turn: JPEG 2000 is rarer since it encodes ~5x slower.
 _COMPRESSION_CYCLE = (JPEGLosslessSV1, RLELossless, JPEG2000Lossless, JPEGLosslessSV1, RLELossless)
@@ -396,9 +396,9 @@ def _place_emboli(rng, t, sites_wanted, kinds):
         start = int(rng.integers(0, len(ok) - length + 1))
         k0, k1 = int(ok[start]), int(ok[start + length - 1])
         if kind == "acute":
-            size, hu = float(rng.uniform(0.6, 0.72)), float(rng.uniform(30, 60))
+            size, hu = float(rng.uniform(0.8, 0.9)), float(rng.uniform(30, 60))
         else:
-            size, hu = float(rng.uniform(0.6, 0.7)), float(rng.uniform(50, 90))
+            size, hu = float(rng.uniform(0.75, 0.85)), float(rng.uniform(50, 90))
         a = float(rng.uniform(0.1, 0.45))
         emboli.append(Embolus(s, kind, k0, k1, size, float(rng.uniform(0, 2 * np.pi)), hu,
                               (a, a + float(rng.uniform(0.35, 0.5)))))
@@ -423,7 +423,7 @@ def _exam_labels(emboli, case, rv_gte_1, qa):
 
 
 def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fraction=0.3,
-         odd_matrix_fraction=0.15, odd_rescale_fraction=0.2):
+         odd_matrix_fraction=0.15, odd_rescale_fraction=0.2, positive_fraction=1 / 3):
     """Decide every study: UIDs, slice count and positions, variants, findings and labels."""
     lo, hi = (int(s) for s in slices)
     if lo < 1 or hi < lo:
@@ -434,7 +434,8 @@ def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fracti
         raise PipelineError(f"--matrix {matrix}: at least 16")
     for name, f in (("compressed_fraction", compressed_fraction),
                     ("odd_matrix_fraction", odd_matrix_fraction),
-                    ("odd_rescale_fraction", odd_rescale_fraction)):
+                    ("odd_rescale_fraction", odd_rescale_fraction),
+                    ("positive_fraction", positive_fraction)):
         if not 0 <= f <= 1:
             raise PipelineError(f"{name} {f}: must lie in [0, 1]")
     specs = []
@@ -442,7 +443,7 @@ def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fracti
         if n == 0:
             continue
         rng = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_id,)))
-        cases = _assign_cases(rng, n)
+        cases = _assign_cases(rng, n, positive_fraction)
         variants = _assign_variants(rng, n, matrix, compressed_fraction, odd_matrix_fraction,
                                     odd_rescale_fraction)
         for i in range(n):
@@ -451,10 +452,12 @@ def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fracti
     return specs
 
 
-def _assign_cases(rng, n):
+def _assign_cases(rng, n, positive_fraction=1 / 3):
     """Per study: (case, positive subtype, central wanted, RV/LV >= 1), with exact shares so
-    that small sets still hold every label: about a third positive, a few percent indeterminate."""
-    cases = _exact_assign(rng, n, {"positive": 1 / 3, "indeterminate": 0.04},
+    that small sets still hold every label: ``positive_fraction`` positive (a third in the
+    competition data), a few percent indeterminate."""
+    cases = _exact_assign(rng, n, {"positive": positive_fraction,
+                                   "indeterminate": min(0.04, 1 - positive_fraction)},
                           {"positive": (1, 2), "indeterminate": (1, 8)})
     n_pos = cases.count("positive")
     sub = iter(_exact_assign(rng, n_pos, {"chronic": 0.12, "acute_and_chronic": 0.08},
@@ -884,7 +887,7 @@ def _typed(df):
 
 def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0, workers=None,
              compressed_fraction=0.3, odd_matrix_fraction=0.15, odd_rescale_fraction=0.2,
-             overwrite=False):
+             positive_fraction=1 / 3, overwrite=False):
     """Write a synthetic data set in the Kaggle layout under ``out_dir`` and return it.
 
     ``out_dir`` gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test
@@ -905,12 +908,13 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
                   matrix=int(matrix), seed=int(seed),
                   compressed_fraction=float(compressed_fraction),
                   odd_matrix_fraction=float(odd_matrix_fraction),
-                  odd_rescale_fraction=float(odd_rescale_fraction))
+                  odd_rescale_fraction=float(odd_rescale_fraction),
+                  positive_fraction=float(positive_fraction))
     manifest = _manifest(**params)
     if workers is not None and workers < 1:
         raise PipelineError(f"--workers {workers}: at least 1")
     specs = plan(n_train, n_test, slices, matrix, seed, compressed_fraction,
-                 odd_matrix_fraction, odd_rescale_fraction)  # checks the parameters, cheap
+                 odd_matrix_fraction, odd_rescale_fraction, positive_fraction)  # checks, cheap
     existing = [n for n in OUTPUT_NAMES if (root / n).exists()]
     if existing:
         try:
