@@ -16,13 +16,11 @@ step() { echo; echo "=== $* ($(date +%T))"; }
 start=$(date +%s)
 
 step "synthetic data -> $WS/data"
-if [ ! -f data/test_labels.csv ]; then
-  "$PY" "$SRC/make_synthetic_data.py" data --n-train "${N_TRAIN:-240}" --n-test "${N_TEST:-40}" \
-    --slices "${SLICES_MIN:-8}" "${SLICES_MAX:-12}" --matrix "${MATRIX:-256}" \
-    --positive-fraction "${POSITIVE_FRACTION:-0.5}" --seed 0
-else
-  echo "data/ exists, kept"
-fi
+# Kept when data/ already holds a set made with these parameters; an older or different set is
+# an error that says so (remove the workspace, or pass another one).
+"$PY" "$SRC/make_synthetic_data.py" data --n-train "${N_TRAIN:-240}" --n-test "${N_TEST:-40}" \
+  --slices "${SLICES_MIN:-8}" "${SLICES_MAX:-12}" --matrix "${MATRIX:-256}" \
+  --positive-fraction "${POSITIVE_FRACTION:-0.5}" --seed 0
 step "stage 1: DICOM -> JPEG";        "$PY" "$SRC/make_image.py" -c "$CONFIGS/make_image.yml"
 step "stage 2: folds";                "$PY" "$SRC/make_csv.py" -c "$CONFIGS/make_csv.yml"
 step "stage 3: six CNN backbones";    "$HERE/run_train_cnn.sh"

@@ -24,12 +24,15 @@ else
   INF=(--size 512 --studies 8 --slices 200 --workers "$W")
 fi
 
+failed=0
 step() {  # step NAME LIMIT_S CMD...
   local name=$1 limit=$2; shift 2
   echo "=== $name"
   local t0=$SECONDS
   timeout "$limit" "$@" 2>&1 | tee "$OUT/$name.log"
-  echo "=== $name rc=${PIPESTATUS[0]} in $((SECONDS - t0)) s"
+  local rc=${PIPESTATUS[0]}
+  echo "=== $name rc=$rc in $((SECONDS - t0)) s"
+  [ "$rc" -eq 0 ] || failed=$((failed + 1))
 }
 
 { nvidia-smi -L 2>/dev/null || true; "$PY" -c "import torch, timm; print('torch', torch.__version__, 'timm', timm.__version__, 'cuda', torch.cuda.is_available())"; } | tee "$OUT/env.log"
@@ -38,4 +41,6 @@ step train_cnn 150 "$PY" benchmarks/bench_train_cnn.py --device "$DEV" "${CNN[@]
 step dump 90 "$PY" benchmarks/bench_dump.py --device "$DEV" "${DUMP[@]}"
 step inference 120 "$PY" benchmarks/bench_inference.py --device "$DEV" "${INF[@]}"
 step inference_compile 150 "$PY" benchmarks/bench_inference.py --device "$DEV" "${INF[@]}" --compile
-grep -hE "^(original|ours|dump_embeddings|inference|loader|step|layered|packed|padded)" "$OUT"/*.log
+grep -hE "^(original|ours|dump_embeddings|inference|loader|step|layered|packed|padded)" "$OUT"/*.log || true
+echo "$failed step(s) failed or ran out of time"
+[ "$failed" -eq 0 ]

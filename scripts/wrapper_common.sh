@@ -17,37 +17,65 @@ fi
 
 # run_each LABEL SCRIPT CONFIG_DIR [override ...]: one run of SCRIPT per variant x fold
 # (VARIANTS, default "bce focal"; FOLDS, default "0 1 2"), with CONFIG_DIR/rexnet200_<variant>.yml.
-# JOBS=N runs N at a time (a CPU machine gets more done with N one-thread runs than with one
-# N-thread run); each then writes output/logs/<label>_<run>_fold<k>.log. A failed run does not
-# stop the others; the function returns 1 if any failed.
+# JOBS=1 (default): one run after another, output to the terminal; the first failed run stops
+# the loop with its exit status. JOBS=N: N runs at a time, each writing
+# output/logs/<label>_<run>_fold<k>.log; a failed run does not stop the others, its error line
+# is printed and the function returns 1 at the end. On a CPU machine each run gets cores/N of
+# the cores (RSNA_PE_CORES, read by the stages); on a GPU machine the runs share the GPUs.
 run_each() {
   local label=$1 script=$2 cfg_dir=$3; shift 3
-  local jobs="${JOBS:-1}" rc=0 pids=() names=() logs=()
-  local threads=$(( $(nproc) / jobs > 0 ? $(nproc) / jobs : 1 ))
-  _reap() {  # wait for the oldest job
-    if wait "${pids[0]}"; then echo "   done: ${names[0]}"
-    else rc=1; echo "error: ${names[0]} failed: $(tail -n 1 "${logs[0]}") (log: ${logs[0]})" >&2; fi
-    pids=("${pids[@]:1}"); names=("${names[@]:1}"); logs=("${logs[@]:1}")
-  }
+  local jobs="${JOBS:-1}" variant fold
+  if ! [[ $jobs =~ ^[1-9][0-9]*$ ]]; then
+    echo "error: JOBS=$jobs: want a whole number >= 1" >&2; return 2
+  fi
+  for variant in ${VARIANTS:-bce focal}; do  # every config, before anything starts
+    if [ ! -f "$cfg_dir/rexnet200_$variant.yml" ]; then
+      echo "error: config not found: $cfg_dir/rexnet200_$variant.yml" >&2; return 2
+    fi
+  done
+  if [ "$jobs" -eq 1 ]; then
+    for variant in ${VARIANTS:-bce focal}; do
+      for fold in ${FOLDS:-0 1 2}; do
+        echo "== $label rexnet200_$variant fold $fold"
+        "${LAUNCH[@]}" "$script" -c "$cfg_dir/rexnet200_$variant.yml" "dataset.fold=$fold" "$@" || return
+      done
+    done
+    return 0
+  fi
+  local cores rc=0 name log
+  cores=$(nproc 2>/dev/null || getconf _NPROCESSORS_ONLN 2>/dev/null || echo 1)
+  local -A names=() logs=()
+  # Ctrl-C or a kill must not leave runs behind (background jobs of a script ignore SIGINT).
+  trap 'kill -TERM "${!names[@]}" 2>/dev/null; wait; exit 130' INT TERM
+  mkdir -p output/logs
   for variant in ${VARIANTS:-bce focal}; do
-    local cfg="$cfg_dir/rexnet200_$variant.yml"
-    [ -f "$cfg" ] || { echo "error: config not found: $cfg" >&2; return 2; }
     for fold in ${FOLDS:-0 1 2}; do
-      local name="$label rexnet200_$variant fold $fold"
-      if [ "$jobs" -le 1 ]; then
-        echo "== $name"
-        "${LAUNCH[@]}" "$script" -c "$cfg" "dataset.fold=$fold" "$@" || return
-        continue
-      fi
-      [ "${#pids[@]}" -lt "$jobs" ] || _reap
-      local log="output/logs/${label}_rexnet200_${variant}_fold${fold}.log"
-      mkdir -p output/logs
+      while [ "${#names[@]}" -ge "$jobs" ]; do _reap_one; done
+      name="$label rexnet200_$variant fold $fold"
+      log="output/logs/${label}_rexnet200_${variant}_fold${fold}.log"
       echo "== $name (log: $log)"
-      OMP_NUM_THREADS="${OMP_NUM_THREADS:-$threads}" "${LAUNCH[@]}" "$script" -c "$cfg" \
-        "dataset.fold=$fold" "$@" >"$log" 2>&1 &
-      pids+=($!); names+=("$name"); logs+=("$log")
+      RSNA_PE_CORES=$(( cores / jobs > 0 ? cores / jobs : 1 )) PYTHONUNBUFFERED=1 \
+        "${LAUNCH[@]}" "$script" -c "$cfg_dir/rexnet200_$variant.yml" "dataset.fold=$fold" "$@" \
+        >"$log" 2>&1 &
+      names[$!]=$name; logs[$!]=$log
     done
   done
-  while [ "${#pids[@]}" -gt 0 ]; do _reap; done
+  while [ "${#names[@]}" -gt 0 ]; do _reap_one; done
+  trap - INT TERM
   return $rc
+}
+
+# Waits for whichever run of run_each ends next (uses its names, logs and rc).
+_reap_one() {
+  local pid status=0 err
+  wait -n -p pid "${!names[@]}" || status=$?
+  if [ "$status" -eq 0 ]; then
+    echo "   done: ${names[$pid]}"
+  else
+    rc=1  # the stages end with a one-line "error: ..."; else the log's last line
+    err=$(grep -a '^error:' "${logs[$pid]}" | tail -n 1) || true
+    [ -n "$err" ] || err=$(tail -n 1 "${logs[$pid]}" | tr '\r' '\n' | tail -n 1)
+    echo "error: ${names[$pid]} failed (exit $status): $err (log: ${logs[$pid]})" >&2
+  fi
+  unset "names[$pid]" "logs[$pid]"
 }

@@ -2,7 +2,7 @@
 
     python src/make_synthetic_data.py OUT_DIR [--n-train 40] [--n-test 10] [--slices 30 50]
         [--matrix 512] [--seed 0] [--workers N] [--compressed-fraction 0.3]
-        [--positive-fraction 0.33] [--overwrite]
+        [--positive-fraction 1/3] [--overwrite]
 
 OUT_DIR gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test truth),
 train/ and test/ DICOM folders; see rsna_pe.synthetic for what the images hold.
@@ -12,6 +12,15 @@ import time
 
 from rsna_pe.cli import run
 from rsna_pe.synthetic import generate
+
+
+def _fraction(text):
+    """A number, or a ratio such as 1/3 (the default's exact value)."""
+    num, _, den = text.partition("/")
+    try:
+        return float(num) / float(den) if den else float(num)
+    except (ValueError, ZeroDivisionError):
+        raise argparse.ArgumentTypeError(f"not a fraction: {text}") from None
 
 
 def parse_args(argv=None):
@@ -27,7 +36,7 @@ def parse_args(argv=None):
     p.add_argument("--workers", type=int, default=None, help="processes (default: all cores)")
     p.add_argument("--compressed-fraction", type=float, default=0.3,
                    help="share of series stored JPEG Lossless / JPEG 2000 / RLE (default 0.3)")
-    p.add_argument("--positive-fraction", type=float, default=1 / 3,
+    p.add_argument("--positive-fraction", type=_fraction, default=1 / 3, metavar="F",
                    help="share of studies with emboli (default 1/3, as in the competition data)")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a synthetic set already in OUT_DIR (train/, test/, the csvs)")

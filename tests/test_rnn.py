@@ -306,8 +306,9 @@ def run_wrapper(tmp_path, **env_vars):
     shutil.copytree(REPO / "configs/train_rnn", configs / "train_rnn")
     args = [a for a in tiny_overrides(Path("."), "fold.csv")
             if not a.startswith(("dataset.dump_root", "output_dir", "train.epochs"))]
-    env = dict(os.environ, CONFIGS=str(configs), VARIANTS="bce", PY=sys.executable,
-               WANDB_MODE="disabled", **env_vars)
+    env = {k: v for k, v in os.environ.items() if k not in ("NPROC", "OMP_NUM_THREADS")}
+    env.update({"CONFIGS": str(configs), "VARIANTS": "bce", "PY": sys.executable,
+                "WANDB_MODE": "disabled", "JOBS": "1", **env_vars})
     return subprocess.run([str(REPO / "run_train_rnn.sh"), *args, "dataset.dump_root=dump",
                            "output_dir=out", "train.epochs=1"], cwd=tmp_path, env=env,
                           capture_output=True, text=True)
@@ -326,11 +327,27 @@ def test_wrapper_jobs_run_side_by_side_and_report_a_failed_run(tmp_path):
     # JOBS=2: both folds start; fold 1 has no dumped embeddings and fails with its one-line
     # error, fold 0 still finishes, the wrapper exits non-zero naming the failed run and its log.
     res = run_wrapper(tmp_path, FOLDS="0 1", JOBS="2")
-    assert res.returncode == 1
+    assert res.returncode == 1, res.stderr
     assert (tmp_path / "out/rexnet200_bce/fold_0/oof.csv").is_file()
     log = tmp_path / "output/logs/train_rnn_rexnet200_bce_fold1.log"
-    assert "error: train_rnn rexnet200_bce fold 1 failed: error:" in res.stderr
+    assert "error: train_rnn rexnet200_bce fold 1 failed (exit 2): error:" in res.stderr
     assert str(Path("output/logs/train_rnn_rexnet200_bce_fold1.log")) in res.stderr
     assert "dump" in log.read_text().splitlines()[-1]
     assert (tmp_path / "output/logs/train_rnn_rexnet200_bce_fold0.log").is_file()
     assert "done: train_rnn rexnet200_bce fold 0" in res.stdout
+
+
+@pytest.mark.parametrize("env,msg", [({"VARIANTS": "bce typo", "JOBS": "2"}, "config not found"),
+                                     ({"JOBS": "0"}, "JOBS=0")])
+def test_wrapper_checks_configs_and_jobs_before_starting_anything(tmp_path, env, msg):
+    res = run_wrapper(tmp_path, FOLDS="0", **env)
+    assert res.returncode == 2 and msg in res.stderr
+    assert not (tmp_path / "out").exists()  # no run was started
+
+
+def test_wrapper_stops_at_the_first_failed_run_with_its_status(tmp_path):
+    # JOBS=1: fold 1 fails (no dump) with the stage's exit status; fold 0 before it finished.
+    res = run_wrapper(tmp_path, FOLDS="0 1 0")
+    assert res.returncode == 2 and "error:" in res.stderr
+    assert (tmp_path / "out/rexnet200_bce/fold_0/oof.csv").is_file()
+    assert res.stdout.count("== train_rnn") == 2

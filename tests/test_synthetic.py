@@ -120,6 +120,25 @@ def test_planned_labels_obey_the_rules_and_prevalences(seed):
         assert any(s.labels[k] for s in train), k
 
 
+@pytest.mark.parametrize("fraction,n,want_pos", [(0.5, 40, 20), (1.0, 10, 10), (0.0, 10, 0), (0.95, 40, 38)])
+def test_positive_fraction_sets_the_share_of_positive_exams(fraction, n, want_pos):
+    # Exact counts; the small-set minimums (one indeterminate exam from 8 studies on) give way
+    # when the fraction leaves no room for them, and a fraction of 0 means no positive exam.
+    specs = sy.plan(n, 0, slices=(20, 20), matrix=64, positive_fraction=fraction)
+    assert sum(bool(s.emboli) for s in specs) == want_pos
+    assert all(_rule_violations(s.labels, s.image_labels()) == [] for s in specs)
+    with pytest.raises(PipelineError, match="positive_fraction"):
+        sy.plan(4, 0, positive_fraction=1.5)
+
+
+def test_cli_reads_a_fraction_like_one_third():
+    import make_synthetic_data
+    assert make_synthetic_data.parse_args(["d", "--positive-fraction", "1/3"]).positive_fraction == 1 / 3
+    assert make_synthetic_data.parse_args(["d"]).positive_fraction == 1 / 3
+    with pytest.raises(SystemExit):
+        make_synthetic_data.parse_args(["d", "--positive-fraction", "half"])
+
+
 def test_deterministic_by_seed_and_worker_count(dataset, tmp_path):
     # A second run, in parallel this time, writes byte-identical csvs and DICOM files.
     again = sy.generate(tmp_path / "again", workers=2, **PARAMS).root

@@ -361,14 +361,15 @@ def _exact_assign(rng, n, fractions, minimum=None):
     """Shuffled list of n category names with counts as close as possible to the fractions.
 
     ``minimum`` maps a name to (at_least, only_if_n_at_least) so small sets still hold
-    every kind of case."""
+    every kind of case; it applies only to a name with a fraction above 0 and only as far as
+    the n places allow."""
     counts = {k: int(round(f * n)) for k, f in fractions.items()}
+    while sum(counts.values()) > n:  # rounding up twice can overshoot by one
+        counts[max(counts, key=counts.get)] -= 1
     for k, (least, if_n) in (minimum or {}).items():
-        if n >= if_n:
-            counts[k] = max(counts[k], least)
+        if n >= if_n and fractions[k] > 0:
+            counts[k] += max(0, min(least - counts[k], n - sum(counts.values())))
     rest = n - sum(counts.values())
-    if rest < 0:
-        raise ValueError("fractions over-allocate")
     out = [k for k, c in counts.items() for _ in range(c)] + ["rest"] * rest
     rng.shuffle(out)
     return out

@@ -162,13 +162,17 @@ def autocast(device, dtype):
 def set_cpu_threads(num_workers, local_world=1):
     """CPU training: share the cores between loader workers and the ranks on this machine.
     OpenMP threads that outnumber free cores spin against each other (steps 10x slower).
-    An explicit OMP_NUM_THREADS wins."""
+    RSNA_PE_CORES (set by the wrappers when JOBS runs share a machine) is this run's share of
+    the cores; an explicit OMP_NUM_THREADS wins over everything."""
     if "OMP_NUM_THREADS" in os.environ:
         return
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
+    if os.environ.get("RSNA_PE_CORES", "").isdigit() and int(os.environ["RSNA_PE_CORES"]) > 0:
+        cores = int(os.environ["RSNA_PE_CORES"])
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
     torch.set_num_threads(max(1, (cores - num_workers) // max(1, local_world)))
 
 
