@@ -401,6 +401,8 @@ def test_wandb_offline_logs_into_the_run_folder(data, tmp_path, monkeypatch):
     .wandb log (what `wandb sync` uploads), and the environment variable beats the config."""
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    for var in ("WANDB_CONFIG_DIR", "WANDB_CACHE_DIR", "WANDB_DATA_DIR"):  # keep $HOME clean
+        monkeypatch.setenv(var, str(tmp_path / "wandb_home"))
     run_main(["-c", str(DEMO_CFG), *overrides(data, tmp_path, **{"train.epochs": 1, "train.max_steps_per_epoch": 1,
                                                               "train.val_per_epoch": 1})])
     logs = list((paths.run_dir(tmp_path, "rexnet200_bce", 0) / "wandb").glob("offline-run-*/*.wandb"))
