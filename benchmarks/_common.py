@@ -15,6 +15,14 @@ from rsna_pe.labels import LABELS  # noqa: E402
 from rsna_pe.trainer import build_model  # noqa: E402
 
 
+def add_model_args(p):
+    """The options the stage 5 and 7 benchmarks share: how the CNN runs and what reads ahead."""
+    p.add_argument("--chunk", type=int, default=256, help="slices per CNN forward")
+    p.add_argument("--workers", type=int, default=4, help="DataLoader workers reading ahead")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda")
+    p.add_argument("--compile", action="store_true", help="also torch.compile (warm-up apart)")
+
+
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import CONFIG_DIR, fake_runs, paths, sync
+from _common import CONFIG_DIR, add_model_args, fake_runs, paths, sync
 
 import dump_embeddings  # noqa: E402  (src/ is on the path via _common)
 from rsna_pe.checkpoint import load_model  # noqa: E402
@@ -63,10 +63,7 @@ def main():
     p.add_argument("--size", type=int, default=512)
     p.add_argument("--series", type=int, default=8)
     p.add_argument("--slices", type=int, default=250)
-    p.add_argument("--chunk", type=int, default=256)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true")
+    add_model_args(p)
     args = p.parse_args()
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_dump_"))

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import fake_runs, sync
+from _common import add_model_args, fake_runs, sync
 
 from inference import predict_all  # noqa: E402
 from rsna_pe.checkpoint import load_model  # noqa: E402
@@ -54,10 +54,7 @@ def main():
     p.add_argument("--size", type=int, default=512, help="CNN input and DICOM matrix size")
     p.add_argument("--studies", type=int, default=8)
     p.add_argument("--slices", type=int, default=200)
-    p.add_argument("--chunk", type=int, default=256)
-    p.add_argument("--workers", type=int, default=4)
-    p.add_argument("--device", default="auto")
-    p.add_argument("--compile", action="store_true")
+    add_model_args(p)
     args = p.parse_args()
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_inference_"))

@@ -407,3 +407,25 @@ def test_wandb_offline_logs_into_the_run_folder(data, tmp_path, monkeypatch):
                                                               "train.val_per_epoch": 1})])
     logs = list((paths.run_dir(tmp_path, "rexnet200_bce", 0) / "wandb").glob("offline-run-*/*.wandb"))
     assert len(logs) == 1 and logs[0].stat().st_size > 0
+
+
+def test_cpu_threads_share_the_cores(monkeypatch):
+    # cores - loader workers, split over local ranks; RSNA_PE_CORES (JOBS in the wrappers)
+    # replaces the machine's core count; an explicit OMP_NUM_THREADS leaves torch alone.
+    from rsna_pe.trainer import set_cpu_threads
+    old = torch.get_num_threads()
+    try:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        monkeypatch.setenv("RSNA_PE_CORES", "6")
+        set_cpu_threads(num_workers=2)
+        assert torch.get_num_threads() == 4
+        set_cpu_threads(num_workers=0, local_world=3)
+        assert torch.get_num_threads() == 2
+        set_cpu_threads(num_workers=8)
+        assert torch.get_num_threads() == 1
+        torch.set_num_threads(3)
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")
+        set_cpu_threads(num_workers=0)
+        assert torch.get_num_threads() == 3
+    finally:
+        torch.set_num_threads(old)
