@@ -2,7 +2,7 @@
 # The whole pipeline on generated CTPA-like data, on CPU, in a workspace folder.
 # Usage: ./run_demo.sh [WORKSPACE]   (default: demo/ in the repo; reruns skip finished work)
 # Sizes via env: N_TRAIN (240), N_TEST (40), SLICES_MIN/SLICES_MAX (8/12), MATRIX (256),
-# POSITIVE_FRACTION (0.5), JOBS (2). wandb is off unless WANDB_MODE=offline is set.
+# POSITIVE_FRACTION (0.5), JOBS (2); CONFIGS (configs/demo: its experiment.yml sets the sizes). wandb is off unless WANDB_MODE=offline is set.
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 source "$HERE/scripts/setup_venv.sh"
@@ -10,7 +10,7 @@ WS="${1:-$HERE/demo}"
 mkdir -p "$WS"
 cd "$WS"
 # JOBS=2: two one-thread runs side by side get more done on 2 cores than one two-thread run.
-export CONFIGS="$HERE/configs/demo" WANDB_MODE="${WANDB_MODE:-disabled}" JOBS="${JOBS:-2}" PY
+export CONFIGS="${CONFIGS:-$HERE/configs/demo}" WANDB_MODE="${WANDB_MODE:-disabled}" JOBS="${JOBS:-2}" PY
 SRC="$HERE/src"
 step() { echo; echo "=== $* ($(date +%T))"; }
 start=$(date +%s)
@@ -33,7 +33,8 @@ step "stage 7: inference on the test DICOMs"
 step "scores (weighted log loss, lower is better)"
 "$PY" "$SRC/evaluate.py" --labels data/test_labels.csv output/inference/rexnet200/submission.csv \
   --prior data/train.csv --json output/test_score.json
-"$PY" "$SRC/evaluate.py" --labels data/fold/ver1/train-jpegs-64/train.csv \
+fold_csv=$("$PY" "$SRC/make_csv.py" -c "$CONFIGS/make_csv.yml" --print-output)
+"$PY" "$SRC/evaluate.py" --labels "$fold_csv" \
   output/train_rnn/*/fold_*/oof.csv --prior data/train.csv --json output/cv_score.json
 
 step "one study report"

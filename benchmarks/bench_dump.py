@@ -81,7 +81,7 @@ def main():
             try:
                 t = time.perf_counter()
                 dump_embeddings.main(["-c", str(CONFIG_DIR / "dump_embeddings" / "rexnet200_bce.yml"),
-                                      f"size={args.size}", f"ckpt_path={ckpt}", f"dump_root={root}",
+                                      f"jpeg_size={args.size}", f"ckpt_path={ckpt}", f"dump_root={root}",
                                       f"batch_size={args.chunk}", f"num_workers={args.workers}",
                                       f"device={device.type}", f"compile={str(args.compile).lower()}"])
                 sync(device)

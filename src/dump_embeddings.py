@@ -19,6 +19,7 @@ from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.config import save_config
 from rsna_pe.embed import Embedder, resize_stack
 from rsna_pe.errors import PipelineError
+from rsna_pe.images import read_npz_images
 from rsna_pe.io import atomic_savez, read_csv
 from rsna_pe.trainer import set_cpu_threads
 
@@ -39,7 +40,7 @@ class _SeriesNpz(torch.utils.data.Dataset):
         src, dst = self.items[i]
         try:
             with np.load(src) as z:
-                return dst, resize_stack(z["imgs"], self.size), z["labels"], z["sop"], None
+                return dst, resize_stack(read_npz_images(z, src), self.size), z["labels"], z["sop"], None
         except Exception as e:  # reported by the main process, which names the file
             return dst, None, None, None, f"{src}: {type(e).__name__}: {e}"
 
@@ -65,8 +66,8 @@ def _dump(cfg, run, fold, ckpt, d):
     size = mcfg["dataset"]["size"]
 
     data = Path(cfg["data_dir"])
-    df = read_csv(paths.fold_csv(data, cfg["size"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
-    src_root, out = paths.npz_dir(data, cfg["size"]), paths.dump_dir(cfg["dump_root"], run, fold)
+    df = read_csv(paths.fold_csv(data, cfg["jpeg_size"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
+    src_root, out = paths.npz_dir(data, cfg["jpeg_size"]), paths.dump_dir(cfg["dump_root"], run, fold)
     keys = sorted(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)))
     missing = [paths.series_file(src_root, *k) for k in keys if not paths.series_file(src_root, *k).is_file()]
     if missing:

@@ -2,7 +2,7 @@
 
     python src/make_csv.py [-c configs/make_csv.yml] [key=value ...]
 
-Writes ``<data_dir>/fold/ver1/train-jpegs-<size>/train.csv``: train.csv plus ``z_pos_order``
+Writes ``<data_dir>/fold/ver1/train-jpegs-<jpeg_size>/train.csv``: train.csv plus ``z_pos_order``
 and ``fold`` (0..14). Folds are assigned on every study; series that stage 1 logged as failed
 are dropped afterwards with a warning.
 """
@@ -21,9 +21,15 @@ IDS = dict.fromkeys(ID_COLUMNS, str)
 
 
 def main(argv=None):
-    cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_csv.yml", argv=argv)
+    cfg, args = cli.parse(__doc__.splitlines()[0], default="make_csv.yml", argv=argv,
+                          add_args=lambda p: p.add_argument(
+                              "--print-output", action="store_true",
+                              help="print the fold csv's path for this config and exit"))
     data = Path(cfg["data_dir"])
-    jpegs = paths.jpeg_dir(data, cfg["size"])
+    if args.print_output:  # lets scripts find the fold csv without spelling its path
+        print(paths.fold_csv(data, cfg["jpeg_size"]))
+        return 0
+    jpegs = paths.jpeg_dir(data, cfg["jpeg_size"])
     df = read_csv(data / "train.csv", TRAIN_COLUMNS, dtype=IDS)
     manifest = read_csv(jpegs / "manifest.csv", list(ID_COLUMNS) + ["z_pos_order"], dtype=IDS)
 
@@ -47,7 +53,7 @@ def main(argv=None):
     df["z_pos_order"] = df["z_pos_order"].astype(int)
     df = df.sort_values(["StudyInstanceUID", "SeriesInstanceUID", "z_pos_order"])
 
-    out = paths.fold_csv(data, cfg["size"])
+    out = paths.fold_csv(data, cfg["jpeg_size"])
     atomic_to_csv(df, out)
     save_config(cfg, out.parent / "make_csv.yaml")
     log.info("%d images, %d studies -> %s", len(df), df["StudyInstanceUID"].nunique(), out)

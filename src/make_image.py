@@ -3,7 +3,7 @@
     python src/make_image.py [-c configs/make_image.yml] [key=value ...]
 
 Reads ``<data_dir>/<split>.csv`` and ``<data_dir>/<split>/<study>/<series>/*.dcm``; writes
-``<data_dir>/<split>-jpegs-<size>/<study>/<series>/<zzzz>_<SOP>.jpg``, ``manifest.csv`` and, when
+``<data_dir>/<split>-jpegs-<jpeg_size>/<study>/<series>/<zzzz>_<SOP>.jpg``, ``manifest.csv`` and, when
 series fail, ``errors.csv`` (and exits non-zero). Finished series are skipped on a rerun.
 """
 import functools
@@ -46,7 +46,7 @@ def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_image.yml", argv=argv)
     data = Path(cfg["data_dir"])
     src_root = data / cfg["split"]
-    out_root = paths.jpeg_dir(data, cfg["size"], cfg["split"])
+    out_root = paths.jpeg_dir(data, cfg["jpeg_size"], cfg["split"])
     df = read_csv(data / f"{cfg['split']}.csv", ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
     keys = sorted(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)))
     if not src_root.is_dir():
@@ -61,7 +61,7 @@ def main(argv=None):
 
     manifest = out_root / "manifest.csv"
     fn = functools.partial(_convert, src_root=src_root, out_root=out_root,
-                           size=cfg["size"], quality=cfg["quality"])
+                           size=cfg["jpeg_size"], quality=cfg["quality"])
     frames = _known_rows(out_root, done, manifest)
     try:
         results, failure = run_series(fn, todo, key=lambda k: k, errors_csv=out_root / "errors.csv",

@@ -2,8 +2,9 @@
 
     python src/make_npz.py [-c configs/make_npz.yml] [key=value ...]
 
-Writes ``<data_dir>/npz/train-jpegs-<size>/<study>/<series>.npz`` with ``imgs`` uint8
-(S, 3, H, W) RGB, ``labels`` float32 (S, 10) in LABELS order and ``sop`` (S,). Existing files
+Writes ``<data_dir>/npz/train-jpegs-<jpeg_size>/<study>/<series>.npz`` with the series' JPEG
+files as they are (``jpeg``, ``jpeg_offsets``, ``format``; see rsna_pe.images), ``labels``
+float32 (S, 10) in LABELS order and ``sop`` (S,). Existing files
 are skipped; a series with a missing or corrupt JPEG is logged to ``errors.csv`` and the
 command exits non-zero after packing every other series.
 """
@@ -15,7 +16,7 @@ import numpy as np
 
 from rsna_pe import cli, paths
 from rsna_pe.config import save_config
-from rsna_pe.images import jpeg_name, read_series_jpegs
+from rsna_pe.images import jpeg_name, pack_jpeg_files
 from rsna_pe.io import atomic_savez, read_csv
 from rsna_pe.labels import ID_COLUMNS, LABELS
 from rsna_pe.parallel import run_series
@@ -29,7 +30,7 @@ def pack_series(group, jpeg_root, out_root, compress):
     folder = jpeg_root / study / series
     files = [folder / jpeg_name(z, sop) for z, sop in zip(group["z_pos_order"], group["SOPInstanceUID"])]
     atomic_savez(paths.series_file(out_root, study, series), compress=compress,
-                 imgs=read_series_jpegs(files),
+                 **pack_jpeg_files(files),
                  labels=group[list(LABELS)].to_numpy(np.float32),
                  sop=group["SOPInstanceUID"].to_numpy(str))
     return len(files)
@@ -38,10 +39,10 @@ def pack_series(group, jpeg_root, out_root, compress):
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_npz.yml", argv=argv)
     data = Path(cfg["data_dir"])
-    fold_csv = paths.fold_csv(data, cfg["size"])
+    fold_csv = paths.fold_csv(data, cfg["jpeg_size"])
     df = read_csv(fold_csv, list(ID_COLUMNS) + list(LABELS) + ["z_pos_order"],
                   dtype=dict.fromkeys(ID_COLUMNS, str))
-    jpeg_root, out_root = paths.jpeg_dir(data, cfg["size"]), paths.npz_dir(data, cfg["size"])
+    jpeg_root, out_root = paths.jpeg_dir(data, cfg["jpeg_size"]), paths.npz_dir(data, cfg["jpeg_size"])
     out_root.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out_root / "make_npz.yaml")
 

@@ -22,16 +22,16 @@ from rsna_pe import paths
 from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.config import CONFIG_DIR
 from rsna_pe.errors import PipelineError
-from rsna_pe.images import jpeg_name, read_jpeg
+from rsna_pe.images import jpeg_name, read_jpeg, read_npz_images
 from rsna_pe.labels import LABELS
 from rsna_pe.metric import consistency_violations, from_submission, validate_submission
 from rsna_pe.synthetic import generate
 
 DEMO = CONFIG_DIR / "demo"
 SIZE = 32
-CNN_FAST = ["dataset.jpeg_size=32", "dataset.size=32", "train.max_steps_per_epoch=2", "train.batch_size=8",
+CNN_FAST = ["jpeg_size=32", "dataset.size=32", "train.max_steps_per_epoch=2", "train.batch_size=8",
             "train.val_batch_size=64", "train.num_workers=0", "wandb.mode=disabled"]
-RNN_FAST = ["dataset.csv=data/fold/ver1/train-jpegs-32/train.csv", "train.epochs=2",
+RNN_FAST = ["jpeg_size=32", "train.epochs=2",
             "train.num_workers=0", "wandb.mode=disabled"]
 
 
@@ -42,11 +42,11 @@ def ws(tmp_path_factory):
     mp = pytest.MonkeyPatch()
     mp.chdir(root)
     generate(root / "data", n_train=24, n_test=3, slices=(4, 6), matrix=64, workers=1, seed=3)
-    make_image.main(["-c", str(DEMO / "make_image.yml"), f"size={SIZE}", "workers=1"])
-    make_csv.main(["-c", str(DEMO / "make_csv.yml"), f"size={SIZE}"])
+    make_image.main(["-c", str(DEMO / "make_image.yml"), f"jpeg_size={SIZE}", "workers=1"])
+    make_csv.main(["-c", str(DEMO / "make_csv.yml"), f"jpeg_size={SIZE}"])
     train_rsna.main(["-c", str(DEMO / "train_cnn" / "rexnet200_bce.yml"), *CNN_FAST])
-    make_npz.main(["-c", str(DEMO / "make_npz.yml"), f"size={SIZE}", "workers=1"])
-    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"size={SIZE}",
+    make_npz.main(["-c", str(DEMO / "make_npz.yml"), f"jpeg_size={SIZE}", "workers=1"])
+    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"jpeg_size={SIZE}",
                           "num_workers=0", "batch_size=4"])
     train_rsna.main(["-c", str(DEMO / "train_rnn" / "rexnet200_bce.yml"), *RNN_FAST])
     yield root
@@ -64,13 +64,14 @@ def test_npz_contents_order_and_labels(ws):
     for (study, series), g in list(fold.groupby(["StudyInstanceUID", "SeriesInstanceUID"]))[:4]:
         g = g.sort_values("z_pos_order")
         with np.load(paths.series_file(paths.npz_dir(ws / "data", SIZE), study, series)) as z:
-            assert z["imgs"].dtype == np.uint8 and z["imgs"].shape == (len(g), 3, SIZE, SIZE)
+            imgs = read_npz_images(z, "npz")
+            assert imgs.dtype == np.uint8 and imgs.shape == (len(g), 3, SIZE, SIZE)
             assert list(z["sop"]) == g.SOPInstanceUID.tolist()
             assert np.array_equal(z["labels"], g[list(LABELS)].to_numpy(np.float32))
             k = len(g) // 2
             jpg = read_jpeg(paths.jpeg_dir(ws / "data", SIZE) / study / series /
                             jpeg_name(k, g.SOPInstanceUID.iloc[k]))
-            assert np.array_equal(z["imgs"][k], jpg.transpose(2, 0, 1))
+            assert np.array_equal(imgs[k], jpg.transpose(2, 0, 1))
 
 
 def test_embeddings_equal_direct_features_and_rerun_skips(ws):
@@ -91,11 +92,11 @@ def test_embeddings_equal_direct_features_and_rerun_skips(ws):
     np.testing.assert_allclose(emb, direct, rtol=1e-4, atol=1e-5)
     # Chunk size changes nothing; a rerun skips finished files.
     stamp = files[0].stat().st_mtime_ns
-    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"size={SIZE}",
+    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"jpeg_size={SIZE}",
                           "num_workers=0", "batch_size=1", "dump_root=dump/chunk1"])
     with np.load(paths.series_file(paths.dump_dir("dump/chunk1", "rexnet200_bce", 0), study, series)) as z:
         np.testing.assert_allclose(z["embeddings"], emb, rtol=1e-4, atol=1e-5)
-    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"size={SIZE}",
+    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"jpeg_size={SIZE}",
                           "num_workers=0"])
     assert files[0].stat().st_mtime_ns == stamp
 

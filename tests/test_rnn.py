@@ -137,6 +137,9 @@ def test_a_few_optimiser_steps_lower_the_loss():
 
 # ----------------------------------------------------------------------------- data
 
+JPEG_SIZE = 8  # names the fold csv's folder only
+
+
 def make_dump(root, folds=(0, 2, 6, 9, 12, 14), lengths=(4, 6, 3, 5, 7, 2), cnn_run="cnn_a", fold=0):
     """Fold csv + dumped npz of one CNN run/fold: one series per study; series i positive if odd."""
     rng = np.random.default_rng(0)
@@ -157,13 +160,15 @@ def make_dump(root, folds=(0, 2, 6, 9, 12, 14), lengths=(4, 6, 3, 5, 7, 2), cnn_
             rows.append({"StudyInstanceUID": study, "SeriesInstanceUID": series,
                          "SOPInstanceUID": sop[k], "z_pos_order": k, **dict(zip(LABELS, labels[k])),
                          "fold": f})
-    csv = root / "fold.csv"
+    csv = paths.fold_csv(root / "data", JPEG_SIZE)
+    csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(csv, index=False)
     return csv
 
 
 def task_cfg(root, csv, cnn_run="cnn_a", fold=0):
-    return {"network": "rnn", "dataset": {"csv": str(csv), "dump_root": str(root / "dump"),
+    return {"network": "rnn", "jpeg_size": JPEG_SIZE,
+            "dataset": {"data_dir": str(root / "data"), "dump_root": str(root / "dump"),
                                           "cnn_run": cnn_run, "fold": fold, "k_fold": 3},
             "model": {"input_dim": DIM, "hidden": 6, "layers": 3, "dropout": 0.5}}
 
@@ -270,7 +275,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def tiny_overrides(root, csv):
     """Overrides turning the real stage-6 config into a seconds-long CPU run on make_dump()."""
-    return [f"dataset.csv={csv}", f"dataset.dump_root={root / 'dump'}", "dataset.cnn_run=cnn_a",
+    return [f"dataset.data_dir={root / 'data'}", f"jpeg_size={JPEG_SIZE}", f"dataset.dump_root={root / 'dump'}", "dataset.cnn_run=cnn_a",
             f"model.input_dim={DIM}", "model.hidden=6", "train.epochs=2", "train.batch_size=2",
             "train.val_batch_size=2", "train.num_workers=0", "train.device=cpu",
             f"output_dir={root / 'out'}", "wandb.mode=disabled"]
@@ -304,6 +309,7 @@ def run_wrapper(tmp_path, **env_vars):
     make_dump(tmp_path)
     configs = tmp_path / "configs"
     shutil.copytree(REPO / "configs/train_rnn", configs / "train_rnn")
+    shutil.copy(REPO / "configs/experiment.yml", configs)
     args = [a for a in tiny_overrides(Path("."), "fold.csv")
             if not a.startswith(("dataset.dump_root", "output_dir", "train.epochs"))]
     env = {k: v for k, v in os.environ.items() if k not in ("NPROC", "OMP_NUM_THREADS")}

@@ -80,7 +80,7 @@ def _dataset(root, n_series=3, n=5, size=40, syntax=None):
 
 def _run_stage1(tmp_path, monkeypatch, *extra):
     monkeypatch.chdir(tmp_path)
-    make_image.main(["data_dir=data", "size=32", "workers=2", *extra])
+    make_image.main(["data_dir=data", "jpeg_size=32", "workers=2", *extra])
 
 
 def test_stage1_writes_z_ordered_resized_jpegs_and_manifest(tmp_path, monkeypatch):
@@ -125,7 +125,7 @@ def test_stage1_logs_bad_files_converts_the_rest_and_reruns_skip(tmp_path, monke
     with pytest.raises(PipelineError):
         _run_stage1(tmp_path, monkeypatch)                 # the bad series still fails ...
     assert {p: p.stat().st_mtime_ns for p in out.rglob("*.jpg") if p in stamp} == stamp  # ... the rest is skipped
-    make_csv.main(["data_dir=data", "size=32"])
+    make_csv.main(["data_dir=data", "jpeg_size=32"])
     fold = pd.read_csv(paths.fold_csv(tmp_path / "data", 32), dtype=str)
     assert bad not in set(fold.SeriesInstanceUID) and set(good) <= set(fold.SeriesInstanceUID)
     assert fold.fold.notna().all() and fold.z_pos_order.notna().all()
@@ -151,4 +151,4 @@ def test_stage2_rejects_rows_without_jpeg(tmp_path, monkeypatch):
     extra["SOPInstanceUID"] = "9.9.9"
     pd.concat([df, extra]).to_csv(tmp_path / "data" / "train.csv", index=False)
     with pytest.raises(PipelineError, match=r"1 train.csv rows have no JPEG.*9\.9\.9"):
-        make_csv.main(["data_dir=data", "size=32"])
+        make_csv.main(["data_dir=data", "jpeg_size=32"])

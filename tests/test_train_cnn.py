@@ -78,7 +78,7 @@ def data(tmp_path_factory):
 
 
 def overrides(data, out, **extra):
-    o = {"dataset.data_dir": data, "dataset.jpeg_size": SIZE, "dataset.size": SIZE,
+    o = {"dataset.data_dir": data, "jpeg_size": SIZE, "dataset.size": SIZE,
          "output_dir": out, "train.batch_size": 4, "train.val_batch_size": 16,
          "train.num_workers": 0, "train.epochs": 2, "train.max_steps_per_epoch": 2,
          "train.val_per_epoch": 2, "train.device": "cpu", "augment.enabled": False,
@@ -153,10 +153,11 @@ def test_recipe_configs():
     assert bce["seeds"] == [42, 84, 126] and bce["train"]["epochs"] == 3
     assert bce["optimizer"]["params"] == {"lr": 1e-3, "weight_decay": 1e-2}
     assert bce["scheduler"]["params"]["eta_min"] == 1e-4 and bce["model"]["pretrained"] is True
-    assert paths.fold_csv(bce["dataset"]["data_dir"], bce["dataset"]["jpeg_size"]) == \
+    assert paths.fold_csv(bce["dataset"]["data_dir"], bce["jpeg_size"]) == \
         Path("data/fold/ver1/train-jpegs-512/train.csv")
     demo = load_config(CONFIG_DIR / "demo" / "train_cnn" / "rexnet200_focal.yml")
-    assert demo["dataset"]["size"] == 64 and demo["model"]["pretrained"] is False
+    assert demo["jpeg_size"] == 64 and demo["dataset"]["size"] is None  # = jpeg_size
+    assert demo["model"]["pretrained"] is False
     assert demo["loss"]["name"] == "focal" and demo["output_dir"] == "output/train_cnn"
 
 

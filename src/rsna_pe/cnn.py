@@ -238,12 +238,19 @@ class CNNTask(Task):
         self.loss_fn = build_loss(cfg["loss"])
         self.channels_last = cfg.get("train", {}).get("channels_last", True)
 
+    @staticmethod
+    def resolve_config(cfg):
+        """The network input size defaults to the experiment's JPEG size."""
+        if not cfg["dataset"].get("size"):
+            cfg["dataset"]["size"] = int(cfg["jpeg_size"])
+        return cfg
+
     def build_model(self):
         return build_cnn(self.cfg["model"])
 
     def datasets(self):
         dcfg = self.cfg["dataset"]
-        src, size = dcfg["jpeg_size"], dcfg["size"]
+        src, size = self.cfg["jpeg_size"], dcfg["size"]
         df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src), [IMAGE_LABEL])
         train_df, val_df = split_by_fold(df, dcfg["fold"], dcfg["k_fold"])
         if len(train_df) == 0 or len(val_df) == 0:

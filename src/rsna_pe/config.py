@@ -1,7 +1,9 @@
 """YAML configs: ``base:`` inheritance, typed ``key.sub=value`` overrides, saving.
 
-A config file may name ``base: OTHER.yml`` (relative to itself); its keys are merged over the
-base's. ``run_name`` defaults to the config file's stem. Overrides are cast to the type of the
+A config file may name ``base: OTHER.yml`` or a list ``base: [A.yml, B.yml]`` (relative to
+itself): the bases are merged in order, then its own keys over them. Each config set keeps the
+facts every stage shares (the JPEG size) in one ``experiment.yml`` that all its stage configs
+inherit. ``run_name`` defaults to the config file's stem. Overrides are cast to the type of the
 value they replace, and an unknown key is an error: a typo must never train the wrong thing.
 """
 import copy
@@ -35,10 +37,11 @@ def _read(path):
         raise PipelineError(f"bad YAML in {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"config {path} must be a mapping")
-    base = data.pop("base", None)
-    if base:
-        data = _merge(_read(path.parent / base), data)
-    return data
+    bases = data.pop("base", None) or []
+    merged = {}
+    for base in [bases] if isinstance(bases, str) else bases:
+        merged = _merge(merged, _read(path.parent / base))
+    return _merge(merged, data)
 
 
 def _cast(key, text, old):

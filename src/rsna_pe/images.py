@@ -75,3 +75,43 @@ def list_series_jpegs(series_dir):
 def read_series_jpegs(paths):
     """Stack JPEGs into uint8 (S, 3, H, W) RGB, the npz/tensor layout."""
     return np.stack([read_jpeg(p).transpose(2, 0, 1) for p in paths]) if paths else None
+
+
+# ----------------------------------------------------------------------------- stage 4's npz
+# The npz holds the series' stage-1 JPEG files as they are (no re-encode): ``jpeg`` uint8, all
+# files back to back in z order, ``jpeg_offsets`` int64 (S+1,) where file k is
+# jpeg[off[k]:off[k+1]]; ``format`` names this layout so a reader never guesses.
+NPZ_FORMAT = "jpeg-v1"
+
+
+def pack_jpeg_files(paths):
+    """{jpeg, jpeg_offsets, format} for the npz, from the JPEG files in z order."""
+    blobs = []
+    for p in paths:
+        try:
+            blobs.append(np.fromfile(p, dtype=np.uint8))
+        except OSError as e:
+            raise DicomReadError(p, f"missing or unreadable JPEG ({e.strerror})") from None
+    offsets = np.zeros(len(blobs) + 1, np.int64)
+    offsets[1:] = np.cumsum([len(b) for b in blobs])
+    return {"jpeg": np.concatenate(blobs) if blobs else np.zeros(0, np.uint8),
+            "jpeg_offsets": offsets, "format": np.array(NPZ_FORMAT)}
+
+
+def decode_jpeg_bytes(buf, where):
+    """One JPEG file's bytes -> RGB uint8 (H, W, 3), exactly as read_jpeg decodes the file."""
+    img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
+    if img is None:
+        raise DicomReadError(where, "corrupt JPEG bytes")
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+
+
+def read_npz_images(z, where):
+    """uint8 (S, 3, H, W) RGB of an opened stage-4 npz; another layout is refused by name."""
+    fmt = str(z["format"]) if "format" in z.files else "decoded arrays (imgs)"
+    if fmt != NPZ_FORMAT:
+        raise DicomReadError(where, f"npz layout '{fmt}' is not '{NPZ_FORMAT}'; rerun make_npz.py "
+                             "with overwrite=true")
+    buf, off = z["jpeg"], z["jpeg_offsets"]
+    return np.stack([decode_jpeg_bytes(buf[off[k]:off[k + 1]], f"{where}[{k}]").transpose(2, 0, 1)
+                     for k in range(len(off) - 1)])

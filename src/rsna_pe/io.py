@@ -1,5 +1,15 @@
-"""Atomic writes: everything lands at its final path by rename, never half-written."""
+"""Atomic writes: everything lands at its final path by rename, never half-written.
+
+Temporary files and folders are named ``.<final name>.<random>.tmp`` beside their final path;
+one left by a killed process is removed by the next write of the same path (one writer per
+path at a time). Finished outputs get the permissions the umask gives (``mkstemp`` alone would
+leave them private to the user).
+
+Fault injection for tests: ``RSNA_PE_CRASH_AT_WRITE=N`` ends the process abruptly (like a kill)
+at its N-th output write, after the temporary is written and before it is renamed into place.
+"""
 import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -7,16 +17,48 @@ from pathlib import Path
 
 import numpy as np
 
+CRASH_ENV = "RSNA_PE_CRASH_AT_WRITE"
+CRASH_EXIT_CODE = 75
+_writes = 0
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _maybe_crash():
+    global _writes
+    at = os.environ.get(CRASH_ENV)
+    if not at:
+        return
+    _writes += 1
+    if _writes == int(at):
+        os._exit(CRASH_EXIT_CODE)  # no cleanup, no finally blocks: what a kill leaves behind
+
+
+def _remove_leftovers(final):
+    """Temporaries of ``final`` that a killed process left behind."""
+    for old in final.parent.glob(f".{glob.escape(final.name)}.*.tmp"):
+        if old.is_dir() and not old.is_symlink():
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            old.unlink(missing_ok=True)
+
 
 @contextlib.contextmanager
 def atomic_path(final, suffix=""):
     """Yield a temporary path beside ``final``; rename it into place if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(final)
     fd, tmp = tempfile.mkstemp(dir=final.parent, prefix=f".{final.name}.", suffix=suffix + ".tmp")
     os.close(fd)
     try:
         yield Path(tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        _maybe_crash()
         os.replace(tmp, final)
     finally:
         if os.path.exists(tmp):
@@ -28,9 +70,12 @@ def atomic_dir(final):
     """Yield a temporary folder beside ``final``; it replaces ``final`` if the block succeeds."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
     try:
         yield tmp
+        os.chmod(tmp, 0o777 & ~_umask())
+        _maybe_crash()
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)

@@ -21,6 +21,7 @@ from .errors import PipelineError
 from .folds import read_fold_csv, split_mask
 from .io import atomic_to_csv, atomic_write_text
 from .labels import EXAM_LABELS, LABELS
+from .trainer import Task
 
 log = logging.getLogger(__name__)
 
@@ -254,7 +255,7 @@ def _series_of(df, source):
     return sorted(map(tuple, pairs.to_numpy()))
 
 
-class RNNTask:
+class RNNTask(Task):
     """The trainer's task for ``network: rnn`` (see trainer.py for the engine)."""
 
     collate_fn = staticmethod(collate)
@@ -275,7 +276,7 @@ class RNNTask:
     def split(self):
         """(train series, val series, label prior of the training part), from the fold csv."""
         if self._split is None:
-            csv = self.cfg["dataset"]["csv"]
+            csv = paths.fold_csv(self.cfg["dataset"]["data_dir"], self.cfg["jpeg_size"])
             df = read_fold_csv(csv, LABELS)
             is_val = split_mask(df["fold"], self.fold, self.k_fold)
             train, val = _series_of(df[~is_val], csv), _series_of(df[is_val], csv)

@@ -62,14 +62,24 @@ class Task:
     def extra_state(self):
         return {}
 
+    @staticmethod
+    def resolve_config(cfg):
+        """Fill the config's derived values (e.g. sizes that default to another key) before
+        the run starts, so checkpoints record what was used."""
+        return cfg
 
-def get_task(cfg):
+
+def task_class(cfg):
     name = cfg.get("network")
     if name not in TASKS:
         raise PipelineError(f"unknown network '{name}' in {cfg.get('config_file', 'config')} "
                             f"(choose from {', '.join(TASKS)})")
     module, cls = TASKS[name]
-    return getattr(importlib.import_module(module), cls)(cfg)
+    return getattr(importlib.import_module(module), cls)
+
+
+def get_task(cfg):
+    return task_class(cfg)(cfg)
 
 
 def build_model(cfg):
@@ -304,6 +314,7 @@ def check_resume_config(saved, cfg, where):
 
 def train(cfg):
     """Train (or resume) the run ``cfg`` describes; works alone or under torchrun."""
+    cfg = task_class(cfg).resolve_config(copy.deepcopy(cfg))
     tcfg = cfg["train"]
     d = distributed.init(tcfg.get("device", "auto"))
     try:
