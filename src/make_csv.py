@@ -9,7 +9,7 @@ are dropped afterwards with a warning.
 import logging
 from pathlib import Path
 
-from rsna_pe import cli, paths
+from rsna_pe import cli, paths, provenance
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.folds import assign_folds
@@ -30,6 +30,12 @@ def main(argv=None):
         print(paths.fold_csv(data, cfg["jpeg_size"]))
         return 0
     jpegs = paths.jpeg_dir(data, cfg["jpeg_size"])
+    out = paths.fold_csv(data, cfg["jpeg_size"])
+    record = provenance.make("make_csv", {"n_splits": cfg["n_splits"], "seed": cfg["seed"]},
+                             {"jpegs": provenance.ref(jpegs, out.parent)})
+    if provenance.guard(out.parent, record, out.is_file(), cfg["overwrite"], "fold csv") and out.is_file():
+        log.info("%s is up to date", out)
+        return 0
     df = read_csv(data / "train.csv", TRAIN_COLUMNS, dtype=IDS)
     manifest = read_csv(jpegs / "manifest.csv", list(ID_COLUMNS) + ["z_pos_order"], dtype=IDS)
 
@@ -53,7 +59,6 @@ def main(argv=None):
     df["z_pos_order"] = df["z_pos_order"].astype(int)
     df = df.sort_values(["StudyInstanceUID", "SeriesInstanceUID", "z_pos_order"])
 
-    out = paths.fold_csv(data, cfg["jpeg_size"])
     atomic_to_csv(df, out)
     save_config(cfg, out.parent / "make_csv.yaml")
     log.info("%d images, %d studies -> %s", len(df), df["StudyInstanceUID"].nunique(), out)

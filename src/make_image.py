@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from rsna_pe import cli, paths
+from rsna_pe import cli, paths, provenance
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.images import convert_series, list_series_jpegs
+from rsna_pe.images import conversion_params, convert_series, list_series_jpegs
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.parallel import SeriesFailures, run_series
 
@@ -52,14 +52,18 @@ def main(argv=None):
     if not src_root.is_dir():
         raise PipelineError(f"{src_root}: DICOM folder not found")
     out_root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_root / "make_image.yaml")
+    manifest = out_root / "manifest.csv"
+    record = provenance.make("make_image", {"split": cfg["split"], **conversion_params(cfg["jpeg_size"], cfg["quality"])})
+    has_outputs = manifest.is_file() or any(p.is_dir() for p in out_root.iterdir())
+    if not provenance.guard(out_root, record, has_outputs, cfg["overwrite"], "JPEG set"):
+        save_config(cfg, out_root / "make_image.yaml")
 
     # A series folder exists only once complete (atomic rename), so existence means done.
     done = {k for k in keys if (out_root / k[0] / k[1]).is_dir()}
     todo = [k for k in keys if k not in done]
     log.info("%d series, %d already converted, %d to do -> %s", len(keys), len(done), len(todo), out_root)
-
-    manifest = out_root / "manifest.csv"
+    if not todo and manifest.is_file():
+        return 0
     fn = functools.partial(_convert, src_root=src_root, out_root=out_root,
                            size=cfg["jpeg_size"], quality=cfg["quality"])
     frames = _known_rows(out_root, done, manifest)

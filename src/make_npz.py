@@ -14,9 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from rsna_pe import cli, paths
+from rsna_pe import cli, paths, provenance
 from rsna_pe.config import save_config
-from rsna_pe.images import jpeg_name, pack_jpeg_files
+from rsna_pe.images import NPZ_FORMAT, jpeg_name, pack_jpeg_files
 from rsna_pe.io import atomic_savez, read_csv
 from rsna_pe.labels import ID_COLUMNS, LABELS
 from rsna_pe.parallel import run_series
@@ -44,13 +44,20 @@ def main(argv=None):
                   dtype=dict.fromkeys(ID_COLUMNS, str))
     jpeg_root, out_root = paths.jpeg_dir(data, cfg["jpeg_size"]), paths.npz_dir(data, cfg["jpeg_size"])
     out_root.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, out_root / "make_npz.yaml")
+    record = provenance.make("make_npz", {"format": NPZ_FORMAT},
+                             {"jpegs": provenance.ref(jpeg_root, out_root),
+                              "fold_csv": provenance.ref(fold_csv.parent, out_root)})
+    has_outputs = next(out_root.rglob("*.npz"), None) is not None
+    if not provenance.guard(out_root, record, has_outputs, cfg["overwrite"], "npz set"):
+        save_config(cfg, out_root / "make_npz.yaml")
 
     groups = [g.sort_values("z_pos_order") for _, g in df.groupby(["StudyInstanceUID", "SeriesInstanceUID"])]
     todo = [g for g in groups if not paths.series_file(out_root, g["StudyInstanceUID"].iloc[0],
                                                        g["SeriesInstanceUID"].iloc[0]).is_file()]
     log.info("%d series, %d already packed, %d to do -> %s", len(groups), len(groups) - len(todo),
              len(todo), out_root)
+    if not todo:
+        return 0
     fn = functools.partial(pack_series, jpeg_root=jpeg_root, out_root=out_root, compress=cfg["compress"])
     run_series(fn, todo, key=lambda g: (g["StudyInstanceUID"].iloc[0], g["SeriesInstanceUID"].iloc[0]),
                errors_csv=out_root / "errors.csv", workers=cfg["workers"], desc="make_npz")

@@ -9,6 +9,19 @@ import numpy as np
 from .dicom import DicomReadError, hu_to_image, series_files, slice_info, sort_slices, to_hu, _dcmread
 from .io import atomic_dir
 
+# Bump when the pixels a conversion writes change (window formula, resize, codec settings):
+# JPEG sets made by another version are then stale (see rsna_pe.provenance).
+CONVERSION_VERSION = 1
+
+
+def conversion_params(size, quality):
+    """What decides a JPEG set's pixels, as recorded with it."""
+    from .windows import WINDOWS
+    return {"jpeg_size": int(size), "quality": int(quality), "chroma": "4:4:4",
+            "windows": {k: list(v) for k, v in WINDOWS.items()},
+            "conversion_version": CONVERSION_VERSION}
+
+
 # 4:4:4: the three channels are independent windows, so no chroma subsampling.
 def jpeg_params(quality=95):
     return [cv2.IMWRITE_JPEG_QUALITY, int(quality),
