@@ -100,3 +100,32 @@ def test_k_fold_mapping_and_too_few_studies():
     df = pd.DataFrame({"StudyInstanceUID": list("abc"), "negative_exam_for_pe": [1, 0, 1]})
     with pytest.raises(PipelineError, match="needs at least 15"):
         assign_folds(df)
+
+
+def _leaf_keys(node, prefix=""):
+    for k, v in node.items():
+        if isinstance(v, dict) and v:
+            yield from _leaf_keys(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}"
+
+
+@pytest.mark.parametrize("script,config", [("make_image", None), ("train_rsna", "train_cnn/rexnet200_focal.yml"),
+                                           ("train_rsna", "demo/train_rnn/rexnet200_bce.yml")])
+def test_help_lists_every_config_key_with_default_and_comment(script, config, capsys):
+    import importlib
+
+    from rsna_pe.config import CONFIG_DIR
+    path = CONFIG_DIR / (config or f"{script}.yml")
+    argv = ["-c", str(path), "-h"] if config else ["-h"]
+    with pytest.raises(SystemExit) as e:
+        importlib.import_module(script).main(argv)
+    assert e.value.code == 0
+    out = capsys.readouterr().out
+    cfg = load_config(path)
+    for key in _leaf_keys({k: v for k, v in cfg.items() if k not in ("run_name", "config_file")}):
+        assert f"\n  {key}=" in out, key
+    if script == "make_image":
+        assert "  quality=95  # JPEG quality" in out and "  jpeg_size=512  # stage 1's image size" in out
+    else:
+        assert "  seeds=[42, 84, 126]  # one per fold" in out

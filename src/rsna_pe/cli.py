@@ -3,7 +3,7 @@ import argparse
 import logging
 import sys
 
-from .config import default_config, load_config
+from .config import default_config, describe, load_config
 from .errors import PipelineError
 
 
@@ -18,7 +18,9 @@ def parse(description, default=None, argv=None, add_args=None):
     ``default`` names the stage's natural config under the repo's ``configs/``; without it
     ``-c`` is required. ``add_args(parser)`` adds stage-specific flags.
     """
-    p = argparse.ArgumentParser(description=description)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog=_help_keys(argv, default))
     p.add_argument("-c", "--config", default=None,
                    help=f"YAML config (default: configs/{default})" if default else "YAML config")
     if add_args:  # first, so a stage's own positionals come before the overrides
@@ -30,6 +32,28 @@ def parse(description, default=None, argv=None, add_args=None):
     if path is None:
         p.error("-c/--config is required")
     return load_config(path, args.overrides), args
+
+
+def _config_arg(argv):
+    for i, a in enumerate(argv):
+        if a in ("-c", "--config") and i + 1 < len(argv):
+            return argv[i + 1]
+        if a.startswith("--config="):
+            return a.split("=", 1)[1]
+    return None
+
+
+def _help_keys(argv, default):
+    """For ``-h``: every key of the config that would be read, with its default and comment."""
+    if not {"-h", "--help"} & set(argv):
+        return None
+    path = _config_arg(argv) or (default_config(default) if default else None)
+    if path is None:
+        return "config keys: pass -c FILE -h to list the keys of a config"
+    try:
+        return f"config keys of {path} (override any as key.sub=value):\n{describe(path)}"
+    except (OSError, PipelineError) as e:
+        return f"config keys: cannot read {path} ({e})"
 
 
 def run(main):

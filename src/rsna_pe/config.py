@@ -7,6 +7,7 @@ inherit. ``run_name`` defaults to the config file's stem. Overrides are cast to 
 value they replace, and an unknown key is an error: a typo must never train the wrong thing.
 """
 import copy
+import re
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,11 @@ def _merge(base, over):
     return out
 
 
+def _bases(path, data):
+    bases = data.pop("base", None) or []
+    return [Path(path).parent / b for b in ([bases] if isinstance(bases, str) else bases)]
+
+
 def _read(path):
     path = Path(path)
     if not path.is_file():
@@ -37,10 +43,9 @@ def _read(path):
         raise PipelineError(f"bad YAML in {path}: {str(e).splitlines()[0]}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"config {path} must be a mapping")
-    bases = data.pop("base", None) or []
     merged = {}
-    for base in [bases] if isinstance(bases, str) else bases:
-        merged = _merge(merged, _read(path.parent / base))
+    for base in _bases(path, data):
+        merged = _merge(merged, _read(base))
     return _merge(merged, data)
 
 
@@ -103,3 +108,56 @@ def default_config(name):
 def save_config(cfg, path):
     from .io import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
+
+
+# ----------------------------------------------------------------------------- help text
+_KEY = re.compile(r"^(\s*)([A-Za-z_][\w.-]*):(?:\s+(.*?))?\s*(?:#\s?(.*))?$")
+
+
+def _comments(path, out=None):
+    """{dotted key: comment} of a config file and its bases (the most derived comment wins);
+    a comment-only line right under a key, indented deeper, continues that key's comment."""
+    out = {} if out is None else out
+    text = Path(path).read_text()
+    for base in _bases(path, yaml.safe_load(text) or {}):
+        _comments(base, out)
+    stack, last = [], None  # stack of (indent, key)
+    for line in text.splitlines():
+        stripped = line.strip()
+        indent = len(line) - len(line.lstrip())
+        if stripped.startswith("#"):
+            if last and indent > last[0] and out.get(last[1]):
+                out[last[1]] += " " + stripped.lstrip("# ").strip()
+            continue
+        m = _KEY.match(line)
+        if not m or m.group(2) == "base":
+            last = None
+            continue
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        stack.append((indent, m.group(2)))
+        key = ".".join(k for _, k in stack)
+        if m.group(4):
+            out[key] = m.group(4).strip()
+        last = (indent, key) if m.group(4) else None
+    return out
+
+
+def describe(path):
+    """Every key of a config (bases merged) with its value and its YAML comment, one per line:
+    what a stage's ``-h`` prints, so an option is found without opening the file."""
+    cfg = _read(path)
+    notes = _comments(path)
+    lines = []
+
+    def walk(node, prefix):
+        for k, v in node.items():
+            key = f"{prefix}{k}"
+            note = f"  # {notes[key]}" if notes.get(key) else ""
+            if isinstance(v, dict) and v:
+                lines.append(f"  {key}:{note}")
+                walk(v, key + ".")
+            else:
+                lines.append(f"  {key}={yaml.safe_dump(v, default_flow_style=True).strip().removesuffix('...').strip()}{note}")
+    walk(cfg, "")
+    return "\n".join(lines)
