@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
+from _common import sync  # noqa: E402
 from rsna_pe.rnn import RNNHead, rnn_loss  # noqa: E402
 
 
@@ -28,10 +29,6 @@ class PaddedHead(RNNHead):
         o2, _ = self.lstm2(o1)
         return o1, o2
 
-
-def sync(device):
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def time_step(model, emb, lengths, img_y, exam_y, device):
