@@ -2,7 +2,7 @@
 
     python src/make_synthetic_data.py OUT_DIR [--n-train 40] [--n-test 10] [--slices 30 50]
         [--matrix 512] [--seed 0] [--workers N] [--compressed-fraction 0.3]
-        [--positive-fraction 1/3] [--overwrite]
+        [--positive-fraction 1/3] [--hex-ids] [--overwrite]
 
 OUT_DIR gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test truth),
 train/ and test/ DICOM folders; see rsna_pe.synthetic for what the images hold.
@@ -38,6 +38,9 @@ def parse_args(argv=None):
                    help="share of series stored JPEG Lossless / JPEG 2000 / RLE (default 0.3)")
     p.add_argument("--positive-fraction", type=_fraction, default=1 / 3, metavar="F",
                    help="share of studies with emboli (default 1/3, as in the competition data)")
+    p.add_argument("--hex-ids", action="store_true",
+                   help="12-hex-digit study/series/image ids as in the competition data "
+                        "(e.g. 6897fa9de148) instead of DICOM UIDs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a synthetic set already in OUT_DIR (train/, test/, the csvs)")
     return p.parse_args(argv)
@@ -49,7 +52,8 @@ def main(argv=None):
     out = generate(args.out_dir, args.n_train, args.n_test, slices=args.slices,
                    matrix=args.matrix, seed=args.seed, workers=args.workers,
                    compressed_fraction=args.compressed_fraction,
-                   positive_fraction=args.positive_fraction, overwrite=args.overwrite)
+                   positive_fraction=args.positive_fraction, hex_ids=args.hex_ids,
+                   overwrite=args.overwrite)
     print(f"{out.root}: {len(out.train)} train and {len(out.test_labels)} test images "
           f"in {time.time() - start:.1f} s")
 

@@ -1,6 +1,7 @@
 """The synthetic data set: Kaggle layout, label rules, determinism, DICOM fidelity, findings."""
 import filecmp
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -12,7 +13,8 @@ from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossles
 
 from rsna_pe import synthetic as sy
 from rsna_pe.errors import PipelineError
-from rsna_pe.labels import EXAM_LABELS, ID_COLUMNS, IMAGE_LABEL, QA_COLUMNS, TRAIN_COLUMNS
+from rsna_pe.labels import (EXAM_LABELS, ID_COLUMNS, IMAGE_LABEL, QA_COLUMNS, TRAIN_COLUMNS,
+                            parse_exam_id)
 
 # Small, but with every variant: half the series compressed, half with odd rescale.
 PARAMS = dict(n_train=6, n_test=3, slices=(8, 12), matrix=64, seed=3,
@@ -159,7 +161,7 @@ def test_every_series_decodes_to_the_rendered_hu(dataset):
         series = dataset.series_dir(spec.split, spec.study_uid, spec.series_uid)
         files, heads = _series_by_z(series)
         assert len(files) == spec.n_slices
-        outside = sy._fov_mask(spec.matrix)
+        outside = sy.fov_mask(spec.matrix)
         pad = sy.RESCALE_VARIANTS[spec.rescale][1]
         for (k, hu), f in zip(sy.render_series(spec), files):
             ds, got = _hu(f)
@@ -316,3 +318,65 @@ def test_cli(tmp_path, capsys):
     assert (tmp_path / "out" / "train.csv").exists() and "train" in capsys.readouterr().out
     with pytest.raises(PipelineError):
         make_synthetic_data.main([str(tmp_path / "bad"), "--slices", "5", "2"])
+
+
+HEX12 = re.compile(r"[0-9a-f]{12}")
+UID_WARNING = "Invalid value for VR UI"
+
+
+def test_hex_ids_everywhere_without_uid_warnings(tmp_path, recwarn, caplog):
+    # The competition names studies, series and images with 12 hex digits (not valid DICOM
+    # UIDs): csvs, paths and headers agree, ids are unique, and writing them does not warn.
+    small = dict(n_train=3, n_test=2, slices=(3, 5), matrix=32, seed=1, workers=1,
+                 compressed_fraction=0.4)
+    hexed = sy.generate(tmp_path / "hex", hex_ids=True, **small)
+    assert not [w for w in recwarn if UID_WARNING in str(w.message)]
+    assert UID_WARNING not in caplog.text
+    root = hexed.root
+    ids = []
+    for split in ("train", "test"):
+        df = pd.read_csv(root / f"{split}.csv", dtype=str)
+        for col in ID_COLUMNS:
+            assert df[col].str.fullmatch(HEX12).all(), (split, col)
+            ids += df[col].unique().tolist()
+        rows = {f"{r.StudyInstanceUID}/{r.SeriesInstanceUID}/{r.SOPInstanceUID}.dcm"
+                for r in df.itertuples()}
+        files = sorted((root / split).rglob("*.dcm"))
+        assert {f.relative_to(root / split).as_posix() for f in files} == rows
+        with pydicom.config.disable_value_validation():  # reading them would warn too
+            for f in files:
+                ds = pydicom.dcmread(f, stop_before_pixels=True)
+                assert (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID) == (
+                    f.parent.parent.name, f.parent.name, f.stem)
+                assert ds.file_meta.MediaStorageSOPInstanceUID == f.stem
+    assert len(ids) == len(set(ids))
+    # The sample submission's exam ids parse back to the test studies.
+    test = pd.read_csv(root / "test.csv", dtype=str)
+    sub = pd.read_csv(root / "sample_submission.csv", dtype=str)
+    exams = [parse_exam_id(i) for i in sub.id]
+    assert {e for e in exams if e} == {(s, k) for s in test.StudyInstanceUID for k in EXAM_LABELS}
+    assert {i for i, e in zip(sub.id, exams) if not e} == set(test.SOPInstanceUID)
+    # Only the ids differ from the default set of the same seed, whose ids are DICOM UIDs.
+    plain = sy.generate(tmp_path / "plain", **small)
+    labels = list(TRAIN_COLUMNS[len(ID_COLUMNS):])
+    assert hexed.train[labels].equals(plain.train[labels])
+    assert plain.train.StudyInstanceUID.str.contains(".", regex=False).all()
+    assert json.loads((root / sy.MANIFEST).read_text())["hex_ids"] is True
+    assert "hex_ids" not in json.loads((plain.root / sy.MANIFEST).read_text())
+    # Deterministic: the plan of the same seed names the same studies.
+    planned = sy.plan(3, 2, slices=(3, 5), matrix=32, seed=1, hex_ids=True)
+    assert {s.study_uid for s in planned} == set(hexed.train.StudyInstanceUID) | set(test.StudyInstanceUID)
+
+
+def test_write_series_takes_hex_ids_without_warnings(tmp_path, recwarn):
+    sops = sy.write_series(tmp_path, np.zeros((2, 4, 4)), [0.0, 1.0], study_uid="6897fa9de148",
+                           series_uid="c4a2b2f3f1e0", sop_uids=["0a1b2c3d4e5f", "f5e4d3c2b1a0"])
+    assert sops == ["0a1b2c3d4e5f", "f5e4d3c2b1a0"]
+    assert sorted(f.stem for f in tmp_path.glob("*.dcm")) == sorted(sops)
+    assert not [w for w in recwarn if UID_WARNING in str(w.message)]
+
+
+def test_cli_hex_ids_option():
+    import make_synthetic_data
+    assert make_synthetic_data.parse_args(["d", "--hex-ids"]).hex_ids
+    assert not make_synthetic_data.parse_args(["d"]).hex_ids

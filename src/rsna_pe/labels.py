@@ -38,3 +38,21 @@ EXAM_WEIGHTS = {
     "rv_lv_ratio_lt_1": 0.0782208589,
 }
 IMAGE_WEIGHT = 0.07361963
+
+
+# Submission ids of exam-level predictions: "<StudyInstanceUID>_<label>" (an image's id is
+# its SOPInstanceUID). Study ids hold no "_", labels do: split at the first one.
+def exam_id(study, label):
+    """The submission id of one exam-level prediction."""
+    return f"{study}_{label}"
+
+
+def exam_ids(study_ids):
+    """The nine exam ids of each study, studies in the given order, labels in EXAM_LABELS order."""
+    return [exam_id(s, label) for s in study_ids for label in EXAM_LABELS]
+
+
+def parse_exam_id(id_):
+    """(study, label) of an exam id; None for any other id (an image's SOPInstanceUID)."""
+    study, sep, label = str(id_).partition("_")
+    return (study, label) if sep and study and label in EXAM_LABELS else None
