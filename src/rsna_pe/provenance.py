@@ -167,11 +167,16 @@ def guard(out_dir, record, has_outputs, overwrite, what, clear=None):
         write(out_dir, record)
         return False
     if not overwrite:
-        raise PipelineError(f"{out_dir}: {what} {reason}; rerun with overwrite=true to redo it")
+        raise stale_error(out_dir, what, reason)
     record_path(out_dir).unlink(missing_ok=True)
     (clear or (lambda: _clear_dir(out_dir)))()
     write(out_dir, record)
     return False
+
+
+def stale_error(out_dir, what, reason):
+    """The one-line error for outputs that the rerun rule may not keep."""
+    return PipelineError(f"{out_dir}: {what} {reason}; rerun with overwrite=true to redo it")
 
 
 def _clear_dir(path):
