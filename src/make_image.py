@@ -7,6 +7,8 @@ Reads ``<data_dir>/<split>.csv`` and ``<data_dir>/<split>/<study>/<series>/*.dcm
 ``manifest.json``, then the set's ``manifest.csv`` (every slice: ids, z_pos_order, z) built from
 those, and ``errors.csv`` (series that failed; the command then exits non-zero). A shard writes
 ``manifest.shard-K-of-N.csv`` and ``errors.shard-K-of-N.csv`` for its series (rsna_pe.shards).
+An image is named by its header's SOPInstanceUID (the file name's stem only when the header has
+none); a series whose file names differ gets one warning.
 Reruns: finished series are kept, others (new, failed, killed, made with other settings) done;
 an unchanged rerun writes nothing; other settings stop with an error unless overwrite=true.
 """

@@ -16,6 +16,8 @@ Rerun rule (``guard``): a stage computes the record it would write and compares 
 one on disk. Equal: finished outputs are kept and only missing ones made. Different, or
 outputs without a record (made before records existed): a one-line error naming the
 difference and ``overwrite=true``; with it the old outputs are removed and everything redone.
+Where each output also carries its record's digest (stages 1 and 4, see rsna_pe.shards), only
+outputs that carry another or none are unknown, and a lost record.json is written again.
 """
 import hashlib
 import json
