@@ -3,21 +3,50 @@
     python src/make_csv.py [-c configs/make_csv.yml] [key=value ...]
 
 Writes ``<data_dir>/fold/ver1/train-jpegs-<jpeg_size>/train.csv``: train.csv plus ``z_pos_order``
-and ``fold`` (0..14). Folds are assigned on every study; series that stage 1 logged as failed
-are dropped afterwards with a warning.
+and ``fold`` (0..14). Slice order comes from each converted series' own manifest. Every series
+of train.csv must be finished in the JPEG set or logged as failed by stage 1 (in errors.csv or
+any shard's errors.shard-K-of-N.csv), else this stops naming the missing ones. Folds are
+assigned on every study; failed series are dropped afterwards with a warning; a series with
+finished JPEGs is never dropped, whatever an old log says. The dropped series are part of the
+record, so after stage 1 converts one of them a rerun asks for overwrite=true.
 """
 import logging
 from pathlib import Path
 
-from rsna_pe import cli, paths, provenance
+import pandas as pd
+
+from rsna_pe import cli, paths, provenance, shards
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.folds import assign_folds
+from rsna_pe.images import finished_rows
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.labels import ID_COLUMNS, TRAIN_COLUMNS
 
 log = logging.getLogger("make_csv")
 IDS = dict.fromkeys(ID_COLUMNS, str)
+KEY = ["StudyInstanceUID", "SeriesInstanceUID"]
+
+
+def logged_failures(jpegs):
+    """(study, series) of every failure stage 1 logged, in any shard's log."""
+    frames = [read_csv(p, KEY, dtype=IDS) for p in shards.all_logs(jpegs, "errors")]
+    return {tuple(k) for f in frames for k in f[KEY].values}
+
+
+def slice_order(df, jpegs, digest):
+    """Manifest rows of the finished series and the failed series to drop; stops when a
+    series is neither finished nor logged as failed."""
+    keys = sorted(set(map(tuple, df[KEY].values)))
+    rows, missing = finished_rows(jpegs, keys, digest)
+    failed = logged_failures(jpegs) if missing else set()
+    unexplained = [k for k in missing if k not in failed]
+    if unexplained:
+        first = ", ".join("/".join(k) for k in unexplained[:3])
+        raise PipelineError(f"{len(unexplained)} series of train.csv have neither finished JPEGs nor a "
+                            f"logged failure in {jpegs} (first: {first}); run stage 1 (make_image.py) "
+                            "for every shard")
+    return rows, missing
 
 
 def main(argv=None):
@@ -29,25 +58,23 @@ def main(argv=None):
     if args.print_output:  # lets scripts find the fold csv without spelling its path
         print(paths.fold_csv(data, cfg["jpeg_size"]))
         return 0
-    jpegs = paths.jpeg_dir(data, cfg["jpeg_size"])
-    out = paths.fold_csv(data, cfg["jpeg_size"])
-    record = provenance.make("make_csv", {"n_splits": cfg["n_splits"], "seed": cfg["seed"]},
-                             {"jpegs": provenance.ref(jpegs, out.parent)})
+    jpegs, out = paths.jpeg_dir(data, cfg["jpeg_size"]), paths.fold_csv(data, cfg["jpeg_size"])
+    jpeg_ref = provenance.ref(jpegs, out.parent)
+    df = read_csv(data / "train.csv", TRAIN_COLUMNS, dtype=IDS)
+    manifest, dropped = slice_order(df, jpegs, jpeg_ref["digest"])
+    record = provenance.make("make_csv", {"n_splits": cfg["n_splits"], "seed": cfg["seed"],
+                                          "dropped": ["/".join(k) for k in dropped]},
+                             {"jpegs": jpeg_ref})
     if provenance.guard(out.parent, record, out.is_file(), cfg["overwrite"], "fold csv") and out.is_file():
         log.info("%s is up to date", out)
         return 0
-    df = read_csv(data / "train.csv", TRAIN_COLUMNS, dtype=IDS)
-    manifest = read_csv(jpegs / "manifest.csv", list(ID_COLUMNS) + ["z_pos_order"], dtype=IDS)
 
     folds = assign_folds(df, cfg["n_splits"], cfg["seed"])
     df["fold"] = df["StudyInstanceUID"].map(folds)
-
-    errors_csv = jpegs / "errors.csv"
-    failed = read_csv(errors_csv, dtype=IDS) if errors_csv.is_file() else None
-    if failed is not None and len(failed):
-        bad = df["SeriesInstanceUID"].isin(failed["SeriesInstanceUID"])
+    if dropped:
+        bad = pd.MultiIndex.from_frame(df[KEY]).isin(dropped)
         log.warning("dropping %d series (%d images) that stage 1 could not convert (see %s)",
-                    failed["SeriesInstanceUID"].nunique(), int(bad.sum()), errors_csv)
+                    len(dropped), int(bad.sum()), ", ".join(p.name for p in shards.all_logs(jpegs, "errors")))
         df = df[~bad]
 
     df = df.merge(manifest[list(ID_COLUMNS) + ["z_pos_order"]], on=list(ID_COLUMNS), how="left")

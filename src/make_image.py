@@ -1,84 +1,72 @@
 """Stage 1: DICOM series -> 3-window JPEGs in z order, plus a manifest of every slice.
 
-    python src/make_image.py [-c configs/make_image.yml] [key=value ...]
+    python src/make_image.py [-c configs/make_image.yml] [key=value ...] [shard=K/N|auto]
 
 Reads ``<data_dir>/<split>.csv`` and ``<data_dir>/<split>/<study>/<series>/*.dcm``; writes
-``<data_dir>/<split>-jpegs-<jpeg_size>/<study>/<series>/<zzzz>_<SOP>.jpg``, ``manifest.csv`` and, when
-series fail, ``errors.csv`` (and exits non-zero). Finished series are skipped on a rerun.
+``<data_dir>/<split>-jpegs-<jpeg_size>/<study>/<series>/<zzzz>_<SOP>.jpg`` with the series' own
+``manifest.json``, then the set's ``manifest.csv`` (every slice: ids, z_pos_order, z) built from
+those, and ``errors.csv`` (series that failed; the command then exits non-zero). A shard writes
+``manifest.shard-K-of-N.csv`` and ``errors.shard-K-of-N.csv`` for its series (rsna_pe.shards).
+An image is named by its header's SOPInstanceUID (the file name's stem only when the header has
+none); a series whose file names differ gets one warning.
+Reruns: finished series are kept, others (new, failed, killed, made with other settings) done;
+an unchanged rerun writes nothing; other settings stop with an error unless overwrite=true.
 """
 import functools
 import logging
 from pathlib import Path
 
-import pandas as pd
-
-from rsna_pe import cli, paths, provenance
+from rsna_pe import cli, paths, provenance, shards
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.images import conversion_params, convert_series, list_series_jpegs
+from rsna_pe.images import conversion_params, convert_series, finished_rows, finished_series, has_unknown_series
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.parallel import SeriesFailures, run_series
 
 log = logging.getLogger("make_image")
-MANIFEST_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "z_pos_order", "z"]
 
 
-def _convert(key, src_root, out_root, size, quality):
+def _convert(key, src_root, out_root, size, quality, digest):
     study, series = key
-    rows = convert_series(src_root / study / series, out_root / study / series, size, quality)
-    return [(study, series, sop, k, z) for k, sop, z in rows]
-
-
-def _known_rows(out_root, done, manifest):
-    """Manifest rows of already-converted series: from the last manifest, else from file names."""
-    old = pd.read_csv(manifest, dtype={"StudyInstanceUID": str, "SeriesInstanceUID": str,
-                                       "SOPInstanceUID": str}) if manifest.is_file() else None
-    have = set(map(tuple, old[MANIFEST_COLUMNS[:2]].drop_duplicates().values)) if old is not None else set()
-    rows = [old[old.set_index(MANIFEST_COLUMNS[:2]).index.isin(done)]] if old is not None else []
-    for study, series in done - have:  # interrupted before the manifest was written: z unknown
-        rows.append(pd.DataFrame(
-            [(study, series, sop, k, float("nan")) for k, sop, _ in list_series_jpegs(out_root / study / series)],
-            columns=MANIFEST_COLUMNS))
-    return rows
+    convert_series(src_root / study / series, out_root / study / series, size, quality, record=digest)
 
 
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_image.yml", argv=argv)
-    data = Path(cfg["data_dir"])
+    data, shard = Path(cfg["data_dir"]), shards.parse(cfg["shard"])
     src_root = data / cfg["split"]
     out_root = paths.jpeg_dir(data, cfg["jpeg_size"], cfg["split"])
     df = read_csv(data / f"{cfg['split']}.csv", ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
-    keys = sorted(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)))
+    keys = shards.take(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)), shard)
     if not src_root.is_dir():
         raise PipelineError(f"{src_root}: DICOM folder not found")
     out_root.mkdir(parents=True, exist_ok=True)
-    manifest = out_root / "manifest.csv"
     record = provenance.make("make_image", {"split": cfg["split"], **conversion_params(cfg["jpeg_size"], cfg["quality"])})
-    has_outputs = manifest.is_file() or any(p.is_dir() for p in out_root.iterdir())
-    if not provenance.guard(out_root, record, has_outputs, cfg["overwrite"], "JPEG set"):
+    digest = provenance.digest(record)
+    shards.guard(out_root, record, cfg["overwrite"], "JPEG set", shard,
+                 unknown_outputs=lambda: has_unknown_series(out_root, digest))
+    if (shard is None or shard.index == 0) and not (out_root / "make_image.yaml").is_file():
         save_config(cfg, out_root / "make_image.yaml")
 
-    # A series folder exists only once complete (atomic rename), so existence means done.
-    done = {k for k in keys if (out_root / k[0] / k[1]).is_dir()}
-    todo = [k for k in keys if k not in done]
-    log.info("%d series, %d already converted, %d to do -> %s", len(keys), len(done), len(todo), out_root)
-    if not todo and manifest.is_file():
+    todo = [k for k in keys if finished_series(out_root / k[0] / k[1], digest) is None]
+    manifest, errors = shards.log_path(out_root, "manifest", shard), shards.log_path(out_root, "errors", shard)
+    log.info("%s%d series, %d already converted, %d to do -> %s", f"shard {shard}: " if shard else "",
+             len(keys), len(keys) - len(todo), len(todo), out_root)
+    if not todo and manifest.is_file() and errors.is_file():
         return 0
-    fn = functools.partial(_convert, src_root=src_root, out_root=out_root,
-                           size=cfg["jpeg_size"], quality=cfg["quality"])
-    frames = _known_rows(out_root, done, manifest)
+    fn = functools.partial(_convert, src_root=src_root, out_root=out_root, size=cfg["jpeg_size"],
+                           quality=cfg["quality"], digest=digest)
     try:
-        results, failure = run_series(fn, todo, key=lambda k: k, errors_csv=out_root / "errors.csv",
-                                      workers=cfg["workers"], desc="make_image"), None
+        run_series(fn, todo, key=lambda k: k, errors_csv=errors, workers=cfg["workers"], desc="make_image")
+        failure = None
     except SeriesFailures as e:
-        results, failure = e.done, e
-    # The manifest lists every converted series, also when some failed.
-    frames += [pd.DataFrame(rows, columns=MANIFEST_COLUMNS) for _, rows in results]
-    out = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=MANIFEST_COLUMNS)
-    atomic_to_csv(out.sort_values(MANIFEST_COLUMNS[:2] + ["z_pos_order"]), manifest)
+        failure = e
+    # Built from the series' own manifests: every finished series, also when some failed now.
+    rows, _ = finished_rows(out_root, keys, digest)
+    atomic_to_csv(rows, manifest)
     if failure:
         raise failure
-    log.info("done: %d slices in %d series", len(out), len(keys))
+    log.info("done: %d slices in %d series", len(rows), len(keys))
 
 
 if __name__ == "__main__":

@@ -1,20 +1,24 @@
 """Stage 4: pack each series' JPEGs (z order) and labels into one npz.
 
-    python src/make_npz.py [-c configs/make_npz.yml] [key=value ...]
+    python src/make_npz.py [-c configs/make_npz.yml] [key=value ...] [shard=K/N|auto]
 
 Writes ``<data_dir>/npz/train-jpegs-<jpeg_size>/<study>/<series>.npz`` with the series' JPEG
 files as they are (``jpeg``, ``jpeg_offsets``, ``format``; see rsna_pe.images), ``labels``
-float32 (S, 10) in LABELS order and ``sop`` (S,). Existing files
-are skipped; a series with a missing or corrupt JPEG is logged to ``errors.csv`` and the
-command exits non-zero after packing every other series.
+float32 (S, 10) in LABELS order, ``sop`` (S,) and ``record`` (the digest of the npz set's
+record it was made under). A series with a missing or corrupt JPEG is logged to ``errors.csv``
+(a shard: ``errors.shard-K-of-N.csv``) and the command exits non-zero after packing every
+other series. Reruns: finished files are kept, others (new, failed, killed, made under another
+record) packed; an unchanged rerun writes nothing; new inputs or settings stop with an error
+unless overwrite=true.
 """
 import functools
 import logging
+import zipfile
 from pathlib import Path
 
 import numpy as np
 
-from rsna_pe import cli, paths, provenance
+from rsna_pe import cli, paths, provenance, shards
 from rsna_pe.config import save_config
 from rsna_pe.images import NPZ_FORMAT, jpeg_name, pack_jpeg_files
 from rsna_pe.io import atomic_savez, read_csv
@@ -24,7 +28,7 @@ from rsna_pe.parallel import run_series
 log = logging.getLogger("make_npz")
 
 
-def pack_series(group, jpeg_root, out_root, compress):
+def pack_series(group, jpeg_root, out_root, compress, digest):
     """Rows of one series (sorted by z_pos_order) -> its npz."""
     study, series = group["StudyInstanceUID"].iloc[0], group["SeriesInstanceUID"].iloc[0]
     folder = jpeg_root / study / series
@@ -32,13 +36,22 @@ def pack_series(group, jpeg_root, out_root, compress):
     atomic_savez(paths.series_file(out_root, study, series), compress=compress,
                  **pack_jpeg_files(files),
                  labels=group[list(LABELS)].to_numpy(np.float32),
-                 sop=group["SOPInstanceUID"].to_numpy(str))
+                 sop=group["SOPInstanceUID"].to_numpy(str), record=np.array(digest))
     return len(files)
+
+
+def npz_record(path):
+    """The record digest an npz was made under; None for a missing, unreadable or older file."""
+    try:
+        with np.load(path) as z:
+            return str(z["record"]) if "record" in z.files else None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_npz.yml", argv=argv)
-    data = Path(cfg["data_dir"])
+    data, shard = Path(cfg["data_dir"]), shards.parse(cfg["shard"])
     fold_csv = paths.fold_csv(data, cfg["jpeg_size"])
     df = read_csv(fold_csv, list(ID_COLUMNS) + list(LABELS) + ["z_pos_order"],
                   dtype=dict.fromkeys(ID_COLUMNS, str))
@@ -47,20 +60,25 @@ def main(argv=None):
     record = provenance.make("make_npz", {"format": NPZ_FORMAT},
                              {"jpegs": provenance.ref(jpeg_root, out_root),
                               "fold_csv": provenance.ref(fold_csv.parent, out_root)})
-    has_outputs = next(out_root.rglob("*.npz"), None) is not None
-    if not provenance.guard(out_root, record, has_outputs, cfg["overwrite"], "npz set"):
+    digest = provenance.digest(record)
+    shards.guard(out_root, record, cfg["overwrite"], "npz set", shard,
+                 unknown_outputs=lambda: any(npz_record(p) != digest for p in out_root.rglob("*.npz")))
+    if (shard is None or shard.index == 0) and not (out_root / "make_npz.yaml").is_file():
         save_config(cfg, out_root / "make_npz.yaml")
 
-    groups = [g.sort_values("z_pos_order") for _, g in df.groupby(["StudyInstanceUID", "SeriesInstanceUID"])]
-    todo = [g for g in groups if not paths.series_file(out_root, g["StudyInstanceUID"].iloc[0],
-                                                       g["SeriesInstanceUID"].iloc[0]).is_file()]
-    log.info("%d series, %d already packed, %d to do -> %s", len(groups), len(groups) - len(todo),
-             len(todo), out_root)
-    if not todo:
+    groups = dict(iter(df.groupby(["StudyInstanceUID", "SeriesInstanceUID"])))
+    keys = shards.take(groups, shard)
+    todo = [groups[k].sort_values("z_pos_order") for k in keys
+            if npz_record(paths.series_file(out_root, *k)) != digest]
+    errors = shards.log_path(out_root, "errors", shard)
+    log.info("%s%d series, %d already packed, %d to do -> %s", f"shard {shard}: " if shard else "",
+             len(keys), len(keys) - len(todo), len(todo), out_root)
+    if not todo and errors.is_file():
         return 0
-    fn = functools.partial(pack_series, jpeg_root=jpeg_root, out_root=out_root, compress=cfg["compress"])
+    fn = functools.partial(pack_series, jpeg_root=jpeg_root, out_root=out_root, compress=cfg["compress"],
+                           digest=digest)
     run_series(fn, todo, key=lambda g: (g["StudyInstanceUID"].iloc[0], g["SeriesInstanceUID"].iloc[0]),
-               errors_csv=out_root / "errors.csv", workers=cfg["workers"], desc="make_npz")
+               errors_csv=errors, workers=cfg["workers"], desc="make_npz")
 
 
 if __name__ == "__main__":

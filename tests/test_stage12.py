@@ -152,3 +152,37 @@ def test_stage2_rejects_rows_without_jpeg(tmp_path, monkeypatch):
     pd.concat([df, extra]).to_csv(tmp_path / "data" / "train.csv", index=False)
     with pytest.raises(PipelineError, match=r"1 train.csv rows have no JPEG.*9\.9\.9"):
         make_csv.main(["data_dir=data", "jpeg_size=32"])
+
+
+def test_hex_ids_read_without_pydicoms_warning_other_bad_uids_still_warn(tmp_path, caplog):
+    import warnings
+
+    from conftest import quiet_write_series, run_inline, write_dataset
+    keys = write_dataset(tmp_path / "data")
+    with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
+        warnings.simplefilter("always")
+        run_inline("make_image.py", tmp_path)
+    assert len(list(paths.jpeg_dir(tmp_path / "data", 32).glob("*/*/*.jpg"))) == 2 * len(keys)
+    assert not [w for w in seen if "VR UI" in str(w.message)] and "VR UI" not in caplog.text
+    # Only all-hex values are accepted quietly; another invalid UID still warns.
+    quiet_write_series(tmp_path / "odd", _volume(1), [0], sop_uids=["1.2.x"])
+    with pytest.warns(UserWarning, match=r"Invalid value for VR UI: '1\.2\.x'"):
+        read_series_order(tmp_path / "odd")
+
+
+def test_header_sop_names_the_image_with_one_warning_per_series(tmp_path, monkeypatch, caplog):
+    data = tmp_path / "data"
+    write_series(data / "train" / "1.1" / "1.2", _volume(3), [2.0, 0.0, 1.0], sop_uids=["9.1", "9.2", "9.3"],
+                 file_names=["x.dcm", "y.dcm", "9.3.dcm"])
+    # No SOPInstanceUID in the header: the file name's stem names the image, without a warning.
+    write_series(data / "train" / "2.1" / "2.2", _volume(2), [0.0, 1.0], drop_tags=("SOPInstanceUID",),
+                 file_names=["a.dcm", "b.dcm"])
+    rows = [("1.1", "1.2", s) for s in ("9.1", "9.2", "9.3")] + [("2.1", "2.2", s) for s in "ab"]
+    pd.DataFrame([r + (0,) * 14 for r in rows], columns=TRAIN_COLUMNS).to_csv(data / "train.csv", index=False)
+    with caplog.at_level(logging.WARNING):
+        _run_stage1(tmp_path, monkeypatch, "workers=1")
+    out = paths.jpeg_dir(data, 32)
+    assert [(k, s) for k, s, _ in list_series_jpegs(out / "1.1" / "1.2")] == [(0, "9.2"), (1, "9.3"), (2, "9.1")]
+    assert [(k, s) for k, s, _ in list_series_jpegs(out / "2.1" / "2.2")] == [(0, "a"), (1, "b")]
+    odd = [r for r in caplog.records if "not named by their SOPInstanceUID" in r.getMessage()]
+    assert len(odd) == 1 and "2 of 3 files" in odd[0].getMessage() and "1.2" in odd[0].getMessage()

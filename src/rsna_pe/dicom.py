@@ -3,8 +3,18 @@
 Stage 1 (JPEGs), inference and predict_study all read DICOM through this module, so train and
 test images are made by the same code. Compressed transfer syntaxes decode through pydicom's
 pixel plugins (GDCM via python-gdcm; RLE natively).
+
+Ids: the competition names studies, series and images with 12-hex-character ids, which are not
+valid DICOM UIDs; pydicom 3 would warn once per file, so that one warning (and only for
+all-hex values) is silenced while this module reads. An image is named by its header's
+SOPInstanceUID; the file name's stem only when the header has none (train.csv rows are the
+headers' values). A series whose file names differ from their headers gets one warning.
 """
+import contextlib
+import functools
 import logging
+import re
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +44,44 @@ class SliceInfo:
     instance: int | None
 
 
+# pydicom's message for a UI value that is not dotted digits; all-hex values only. pydicom
+# sends it both as a warning and to its "pydicom" logger, so both are filtered.
+_HEX_UID_MESSAGE = re.compile(r"Invalid value for VR UI: '[0-9a-f]+'", re.IGNORECASE)
+
+
+class _HexUidLogFilter(logging.Filter):
+    def filter(self, record):
+        return not _HEX_UID_MESSAGE.match(record.getMessage())
+
+
+_PYDICOM_LOG = logging.getLogger("pydicom")
+_LOG_FILTER = _HexUidLogFilter()
+
+
+@contextlib.contextmanager
+def hex_uids_accepted():
+    """Scope in which reading all-hex UIDs (the competition's ids) neither warns nor logs."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=_HEX_UID_MESSAGE.pattern, category=UserWarning)
+        added = _LOG_FILTER not in _PYDICOM_LOG.filters  # scopes nest: the outermost removes it
+        _PYDICOM_LOG.addFilter(_LOG_FILTER)
+        try:
+            yield
+        finally:
+            if added:
+                _PYDICOM_LOG.removeFilter(_LOG_FILTER)
+
+
+def _quiet_hex_uids(fn):
+    # pydicom converts values lazily: the warning comes at element access, not at dcmread.
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with hex_uids_accepted():
+            return fn(*args, **kwargs)
+    return wrapper
+
+
+@_quiet_hex_uids
 def _dcmread(path, header_only):
     try:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
@@ -41,6 +89,7 @@ def _dcmread(path, header_only):
         raise DicomReadError(path, f"not readable DICOM ({type(e).__name__}: {e})") from None
 
 
+@_quiet_hex_uids
 def slice_info(path, ds=None):
     ds = ds if ds is not None else _dcmread(path, header_only=True)
     ipp = ds.get("ImagePositionPatient")
@@ -48,6 +97,21 @@ def slice_info(path, ds=None):
     inst = ds.get("InstanceNumber")
     sop = ds.get("SOPInstanceUID") or Path(path).stem
     return SliceInfo(Path(path), str(sop), z, int(inst) if inst not in (None, "") else None)
+
+
+def warn_file_names(infos, where=""):
+    """One warning per series whose files are not named by their SOPInstanceUID."""
+    odd = [i for i in infos if i.sop != i.path.stem]
+    if odd:
+        log.warning("%s: %d of %d files are not named by their SOPInstanceUID (first: %s holds %s); "
+                    "images are named by the header's value", where, len(odd), len(infos),
+                    odd[0].path.name, odd[0].sop)
+
+
+def series_order(infos, where=""):
+    """A series' slices in z order (see sort_slices), warning once about odd file names."""
+    warn_file_names(infos, where)
+    return sort_slices(infos, where)
 
 
 def sort_slices(infos, where=""):
@@ -69,7 +133,7 @@ def series_files(series_dir):
 
 def read_series_order(series_dir):
     """Headers only: the series' slices in z order."""
-    return sort_slices([slice_info(f) for f in series_files(series_dir)], where=str(series_dir))
+    return series_order([slice_info(f) for f in series_files(series_dir)], where=str(series_dir))
 
 
 def _native_pixels(ds):
@@ -89,6 +153,7 @@ def _native_pixels(ds):
     return np.frombuffer(buf, dtype=dtype, count=rows * cols).reshape(rows, cols)
 
 
+@_quiet_hex_uids
 def to_hu(ds, path):
     """This slice's HU with its own slope/intercept: integer when exact, else float32."""
     if "PixelData" not in ds:
@@ -141,7 +206,7 @@ def read_series_images(series_dir, sizes):
         hu = to_hu(ds, f)
         for s in sizes:
             imgs[s].append(hu_to_image(hu, s).transpose(2, 0, 1))
-    order = sort_slices(infos, where=str(series_dir))
+    order = series_order(infos, where=str(series_dir))
     pos = {id(i): k for k, i in enumerate(infos)}
     idx = [pos[id(i)] for i in order]
     return order, {s: np.stack([v[k] for k in idx]) for s, v in imgs.items()}

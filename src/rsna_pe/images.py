@@ -1,4 +1,11 @@
-"""3-window JPEG slices on disk (stage 1's output, read by stages 3 and 4)."""
+"""3-window JPEG slices on disk (stage 1's output, read by stages 2, 3 and 4) and stage 4's npz.
+
+A converted series is a folder ``<study>/<series>/`` of ``<zzzz>_<SOP>.jpg`` files plus its own
+``manifest.json`` (``record``: the digest of the JPEG set's record it was made under; ``sop`` and
+``z``: the slices in z order). The folder appears whole by one rename, so it exists only when
+complete, and it is finished for a set only when its ``record`` equals that set's digest.
+"""
+import json
 import os
 import re
 from pathlib import Path
@@ -6,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .dicom import DicomReadError, hu_to_image, series_files, slice_info, sort_slices, to_hu, _dcmread
+from .dicom import DicomReadError, hu_to_image, series_files, series_order, slice_info, to_hu, _dcmread
 from .io import atomic_dir
 
 # Bump when the pixels a conversion writes change (window formula, resize, codec settings):
@@ -49,12 +56,13 @@ def read_jpeg(path):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def convert_series(series_dir, out_dir, size, quality=95):
-    """DICOM series -> ``out_dir/<zzzz>_<SOP>.jpg``; returns manifest rows.
+def convert_series(series_dir, out_dir, size, quality=95, record=None):
+    """DICOM series -> ``out_dir/<zzzz>_<SOP>.jpg`` and ``manifest.json``; returns manifest rows.
 
     One slice in memory at a time: each file is read once, windowed and written under its SOP
     name into a temporary folder; once every slice's z is known the files are renamed to their
     z order and the folder is renamed into place, so ``out_dir`` exists only when complete.
+    ``record`` is the digest of the JPEG set's record, kept in the series' manifest.
     Raises DicomReadError (naming the file) if any slice is unreadable; nothing is written then.
     """
     params = jpeg_params(quality)
@@ -67,12 +75,33 @@ def convert_series(series_dir, out_dir, size, quality=95):
             if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr, params):
                 raise DicomReadError(tmp, f"cannot write JPEG for {f}")
             infos.append(info)
-        order = sort_slices(infos, where=str(series_dir))
+        order = series_order(infos, where=str(series_dir))
         if len({i.sop for i in order}) != len(order):
             raise DicomReadError(series_dir, "duplicate SOPInstanceUID")
         for k, info in enumerate(order):
             os.rename(tmp / f"{info.sop}.jpg", tmp / jpeg_name(k, info.sop))
+        (tmp / SERIES_MANIFEST).write_text(json.dumps(
+            {"format": 1, "record": record, "sop": [i.sop for i in order], "z": [i.z for i in order]}))
     return [(k, i.sop, i.z) for k, i in enumerate(order)]
+
+
+SERIES_MANIFEST = "manifest.json"
+
+
+def read_series_manifest(series_dir):
+    """A converted series' own manifest (dict), or None if the folder has none or it is unreadable
+    (then the series counts as not converted and is redone)."""
+    try:
+        m = json.loads((Path(series_dir) / SERIES_MANIFEST).read_text())
+    except (OSError, ValueError):
+        return None
+    return m if isinstance(m, dict) and m.get("format") == 1 else None
+
+
+def finished_series(series_dir, digest):
+    """The series' manifest if it was converted under the JPEG set record ``digest``, else None."""
+    m = read_series_manifest(series_dir)
+    return m if m is not None and m.get("record") == digest else None
 
 
 def list_series_jpegs(series_dir):
@@ -128,3 +157,29 @@ def read_npz_images(z, where):
     buf, off = z["jpeg"], z["jpeg_offsets"]
     return np.stack([decode_jpeg_bytes(buf[off[k]:off[k + 1]], f"{where}[{k}]").transpose(2, 0, 1)
                      for k in range(len(off) - 1)])
+
+
+# ----------------------------------------------------------------------------- the JPEG set
+MANIFEST_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "z_pos_order", "z"]
+
+
+def finished_rows(root, keys, digest):
+    """Manifest rows (MANIFEST_COLUMNS, in key and z order) of the series ``keys`` converted
+    under the JPEG set record ``digest``, and the keys that are not."""
+    import pandas as pd
+    rows, missing = [], []
+    for study, series in keys:
+        m = finished_series(Path(root) / study / series, digest)
+        if m is None:
+            missing.append((study, series))
+            continue
+        rows += [(study, series, sop, k, z) for k, (sop, z) in enumerate(zip(m["sop"], m["z"]))]
+    return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), missing
+
+
+def has_unknown_series(root, digest):
+    """Whether ``root`` holds a series folder not converted under ``digest`` (made with other
+    settings, or before series carried their manifest)."""
+    return any(d.is_dir() and not d.name.startswith(".") and finished_series(d, digest) is None
+               for s in Path(root).iterdir() if s.is_dir() and not s.name.startswith(".")
+               for d in s.iterdir())

@@ -16,6 +16,8 @@ Rerun rule (``guard``): a stage computes the record it would write and compares 
 one on disk. Equal: finished outputs are kept and only missing ones made. Different, or
 outputs without a record (made before records existed): a one-line error naming the
 difference and ``overwrite=true``; with it the old outputs are removed and everything redone.
+Where each output also carries its record's digest (stages 1 and 4, see rsna_pe.shards), only
+outputs that carry another or none are unknown, and a lost record.json is written again.
 """
 import hashlib
 import json
@@ -167,11 +169,16 @@ def guard(out_dir, record, has_outputs, overwrite, what, clear=None):
         write(out_dir, record)
         return False
     if not overwrite:
-        raise PipelineError(f"{out_dir}: {what} {reason}; rerun with overwrite=true to redo it")
+        raise stale_error(out_dir, what, reason)
     record_path(out_dir).unlink(missing_ok=True)
     (clear or (lambda: _clear_dir(out_dir)))()
     write(out_dir, record)
     return False
+
+
+def stale_error(out_dir, what, reason):
+    """The one-line error for outputs that the rerun rule may not keep."""
+    return PipelineError(f"{out_dir}: {what} {reason}; rerun with overwrite=true to redo it")
 
 
 def _clear_dir(path):
