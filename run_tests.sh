@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Set up the virtual env if needed (.venv beside this script), then run the test suite.
+# Set up the virtual env if needed (.venv beside this script; in the Docker image its own
+# python), then run the test suite.
 # Usage: ./run_tests.sh [pytest args]
 set -euo pipefail
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
