@@ -1,4 +1,5 @@
-"""Docker image, its run script and the pipeline figure, checked without a Docker daemon."""
+"""Docker image, its run script, the venv set-up it bypasses, offline imports and the pipeline
+figure, checked without a Docker daemon."""
 import importlib.util
 import os
 import re
@@ -15,6 +16,8 @@ REPO = Path(__file__).resolve().parents[1]
 DOCKERFILE = REPO / "docker" / "Dockerfile"
 RUN_DOCKER = REPO / "docker" / "run_docker.sh"
 DRAW = REPO / "fig" / "draw_pipeline.py"
+SETUP_VENV = REPO / "scripts" / "setup_venv.sh"
+OPERATIONS = REPO / "docs" / "operations.md"
 
 
 def dockerfile_instructions():
@@ -161,16 +164,139 @@ def test_build_tags_parser():
     assert build_tags("docker build --tag a:b -f x .") == ["a:b"]
 
 
-def test_readme_build_tag_matches_run_script():
+def test_docs_build_tag_matches_run_script():
     image = default_image()
     # The Dockerfile's own usage line must name the same tag.
     assert build_tags(DOCKERFILE.read_text()) == [image]
+    tags = build_tags(OPERATIONS.read_text())
+    assert tags, "docs/operations.md has no `docker build ... -t TAG` command"
     readme = REPO / "README.md"
-    if not readme.exists():
-        pytest.skip("README.md not present")
-    tags = build_tags(readme.read_text())
-    assert tags, "README.md has no `docker build ... -t TAG` command"
+    if readme.exists():
+        tags += build_tags(readme.read_text())
     assert set(tags) == {image}, (tags, image)
+
+
+def dockerfile_env():
+    """Every ENV of the Dockerfile as a dict (KEY=value form)."""
+    env = {}
+    for word, args in dockerfile_instructions():
+        if word == "ENV":
+            env.update(kv.split("=", 1) for kv in shlex.split(args))
+    return env
+
+
+def test_dockerfile_keeps_the_image_offline_and_off_the_venv():
+    env = dockerfile_env()
+    assert env.get("NO_ALBUMENTATIONS_UPDATE") == "1", env
+    assert env.get("RSNA_PE_SYSTEM_PYTHON") == "1", env
+    # The variable the image sets is the one setup_venv.sh reads.
+    assert "RSNA_PE_SYSTEM_PYTHON" in SETUP_VENV.read_text()
+
+
+def test_dockerfile_test_extras_behind_a_build_arg():
+    ins = dockerfile_instructions()
+    args = [a for w, a in ins if w == "ARG"]
+    assert "WITH_TESTS=0" in args, args  # the runtime image stays lean by default
+    copies = [a.split() for w, a in ins if w == "COPY"]
+    assert any(c[0] == "requirements-dev.txt" for c in copies), copies
+    dev = next(c[-1] for c in copies if c[0] == "requirements-dev.txt")
+    # requirements-dev.txt starts with `-r requirements.txt`: both must sit in one folder.
+    req = next(c[-1] for c in copies if c[0] == "requirements.txt")
+    assert Path(dev).parent == Path(req).parent
+    runs = [a for w, a in ins if w == "RUN"]
+    extra = [r for r in runs if f"-r {dev}" in r]
+    assert len(extra) == 1 and "$WITH_TESTS" in extra[0], runs
+    # The ARG comes after the large install, so toggling it reuses that layer from the cache.
+    order = [w + " " + a for w, a in ins]
+    big = next(i for i, s in enumerate(order) if f"-r {req}" in s)
+    assert big < order.index("ARG WITH_TESTS=0")
+    assert "requirements-dev.txt" not in {
+        ln.strip() for ln in (REPO / ".dockerignore").read_text().splitlines()}
+
+
+def setup_copy(tmp_path):
+    """A copy of what setup_venv.sh reads, so a run cannot touch the repository's .venv."""
+    (tmp_path / "scripts").mkdir(parents=True)
+    shutil.copy(SETUP_VENV, tmp_path / "scripts")
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        shutil.copy(REPO / name, tmp_path)
+    return tmp_path
+
+
+def source_setup(root, prefix, **env):
+    full = {k: v for k, v in os.environ.items()
+            if k not in ("PY", "VENV", "PYTHON", "RSNA_PE_SYSTEM_PYTHON")}
+    return subprocess.run(["bash", "-c", f'{prefix} source scripts/setup_venv.sh; echo "$PY"'],
+                          cwd=root, env=dict(full, **env), capture_output=True, text=True)
+
+
+def test_setup_venv_uses_the_system_python_in_the_image(tmp_path):
+    root = setup_copy(tmp_path)
+    r = source_setup(root, "set -euo pipefail; RSNA_PE_SYSTEM_PYTHON=1")
+    assert r.returncode == 0, r.stderr
+    py = Path(r.stdout.strip())
+    assert py.is_absolute() and os.access(py, os.X_OK), r.stdout
+    assert not (root / ".venv").exists() and "setting up" not in r.stderr
+    v = subprocess.run([str(py), "-c", "import sys; print(sys.version_info[0])"],
+                       capture_output=True, text=True)
+    assert v.stdout.strip() == "3"
+
+
+@pytest.mark.parametrize("flag", ["", "RSNA_PE_SYSTEM_PYTHON=0"])
+def test_setup_venv_outside_the_image_still_makes_the_venv(tmp_path, flag):
+    root = setup_copy(tmp_path / "repo")
+    # A stand-in interpreter: `-m venv DIR` makes DIR/bin/python, which logs its arguments.
+    log = tmp_path / "calls.log"
+    fake = tmp_path / "fakepython"
+    fake.write_text(f"""#!/bin/sh
+echo "$0 $*" >> {log}
+if [ "$1 $2" = "-m venv" ]; then
+  mkdir -p "$3/bin" && cp "$0" "$3/bin/python"
+fi
+""")
+    fake.chmod(0o755)
+    r = source_setup(root, f"set -euo pipefail; {flag}", PYTHON=str(fake))
+    assert r.returncode == 0, r.stderr
+    venv_py = root / ".venv" / "bin" / "python"
+    assert r.stdout.strip() == str(venv_py)
+    assert (root / ".venv" / ".requirements.sha").exists()
+    assert f"-m pip install -q -r {root}/requirements-dev.txt" in log.read_text()
+    # A second run finds the stamp and installs nothing.
+    log.unlink()
+    r = source_setup(root, flag, PYTHON=str(fake))
+    assert r.returncode == 0 and r.stdout.strip() == str(venv_py) and not log.exists()
+
+
+# Importing albumentations asks PyPI for its latest version. The probe stands in for an offline
+# node: any attempt to open a URL prints a marker and fails as a missing network would.
+ALBUMENTATIONS_PROBE = """
+import urllib.request
+def offline(*args, **kwargs):
+    print("network attempted", flush=True)
+    raise OSError("network unreachable")
+urllib.request.OpenerDirector.open = offline
+import os, rsna_pe
+print("NO_ALBUMENTATIONS_UPDATE=" + os.environ.get("NO_ALBUMENTATIONS_UPDATE", ""))
+import albumentations
+"""
+
+
+@pytest.mark.parametrize("asked", [False, True])
+def test_importing_the_package_turns_off_the_albumentations_update_check(asked):
+    env = {k: v for k, v in os.environ.items() if k != "NO_ALBUMENTATIONS_UPDATE"}
+    env["PYTHONPATH"] = str(REPO / "src")
+    if asked:  # an explicit setting is the user's to make
+        env["NO_ALBUMENTATIONS_UPDATE"] = "0"
+    r = subprocess.run([sys.executable, "-c", ALBUMENTATIONS_PROBE], env=env,
+                       capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    out = r.stdout + r.stderr
+    if asked:
+        # The probe does see the check when it runs (so silence below means it did not run).
+        assert "NO_ALBUMENTATIONS_UPDATE=0" in out and "network attempted" in out, out
+    else:
+        assert "NO_ALBUMENTATIONS_UPDATE=1" in out, out
+        assert "network attempted" not in out and "version info" not in out, out
 
 
 def test_draw_pipeline_writes_png(tmp_path):
