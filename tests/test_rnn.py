@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rsna_pe import paths
+from rsna_pe import paths, provenance
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_savez
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
@@ -163,7 +163,15 @@ def make_dump(root, folds=(0, 2, 6, 9, 12, 14), lengths=(4, 6, 3, 5, 7, 2), cnn_
     csv = paths.fold_csv(root / "data", JPEG_SIZE)
     csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(csv, index=False)
+    write_records(csv.parent, dump)
     return csv
+
+
+def write_records(fold_dir, dump, labels=LABELS, checkpoint="c" * 64):
+    """The records stages 2 and 5 keep beside their outputs (a training run refers to them)."""
+    provenance.write(fold_dir, provenance.make("make_csv", {"n_splits": 15, "seed": 42}))
+    provenance.write(dump, provenance.make("dump_embeddings", {
+        "checkpoint_sha256": checkpoint, "input_size": 8, "labels": list(labels)}))
 
 
 def task_cfg(root, csv, cnn_run="cnn_a", fold=0):

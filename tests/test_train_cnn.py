@@ -16,11 +16,12 @@ import pandas as pd
 import pytest
 import torch
 
-from rsna_pe import paths
+from rsna_pe import paths, provenance
 from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.cnn import GeM, CNNTask, build_cnn, build_train_transform, load_backbone_file
 from rsna_pe.config import CONFIG_DIR, REPO_ROOT, load_config
 from rsna_pe.errors import PipelineError
+from rsna_pe.images import conversion_params
 from rsna_pe.labels import TRAIN_COLUMNS
 from rsna_pe.losses import FocalLoss, build_loss
 from rsna_pe.trainer import Trainer, build_optimizer, build_scheduler, split_by_fold
@@ -47,8 +48,17 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
+def write_records(root, size=SIZE, quality=95):
+    """The records stages 1 and 2 keep beside their outputs (a training run refers to them)."""
+    jpegs, fold_dir = paths.jpeg_dir(root, size), paths.fold_csv(root, size).parent
+    provenance.write(jpegs, provenance.make("make_image", {"split": "train", **conversion_params(size, quality)}))
+    provenance.write(fold_dir, provenance.make("make_csv", {"n_splits": 15, "seed": 42},
+                                               {"jpegs": provenance.ref(jpegs, fold_dir)}))
+
+
 def write_data(root, size=SIZE, n_studies=N_STUDIES, n_slices=N_SLICES):
-    """JPEGs + fold csv in the stage 1/2 layout; a bright square marks a PE slice."""
+    """JPEGs + fold csv (and their records) in the stage 1/2 layout; a bright square marks a PE
+    slice."""
     rng = np.random.default_rng(0)
     rows = []
     for s in range(n_studies):
@@ -69,6 +79,7 @@ def write_data(root, size=SIZE, n_studies=N_STUDIES, n_slices=N_SLICES):
     csv = paths.fold_csv(root, size)
     csv.parent.mkdir(parents=True)
     pd.DataFrame(rows).to_csv(csv, index=False)
+    write_records(root, size)
     return Path(root)
 
 
@@ -345,7 +356,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     assert list(rows["step"]) == [1, 2]  # one writer: no duplicate rows
     assert sorted(p.name for p in run.iterdir()) == [
         "best.ckpt", "config.yaml", "epoch00-step0000001.ckpt", "epoch00-step0000002.ckpt",
-        "last.ckpt", "metrics.csv"]
+        "last.ckpt", "metrics.csv", "record.json"]
     assert last["finished"]
     # validation gathered both ranks' shards: best.ckpt re-scored on the whole val set alone
     model, cfg = load_model(run / "best.ckpt")
@@ -385,11 +396,12 @@ def test_pretrained_file_loads_backbone_weights(tmp_path, finished_run):
         load_backbone_file(m.backbone, tmp_path / "other.pth")
 
 
-def test_pretrained_without_network_is_one_line_error(tmp_path):
+def test_pretrained_without_network_is_one_line_error(tmp_path, data):
     env = dict(SUB_ENV, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
                TORCH_HOME=str(tmp_path / "torch"))
     cmd = [sys.executable, str(REPO_ROOT / "src" / "train_rsna.py"), "-c", str(DEMO_CFG),
-           "model.pretrained=true", f"output_dir={tmp_path / 'out'}", "train.device=cpu"]
+           "model.pretrained=true", f"output_dir={tmp_path / 'out'}", "train.device=cpu",
+           f"dataset.data_dir={data}", f"jpeg_size={SIZE}"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]

@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from . import distributed, paths
+from . import distributed, paths, runs
 from .config import save_config
 from .errors import PipelineError
 from .folds import split_mask
@@ -304,14 +304,6 @@ class _Wandb:
 
 
 # ----------------------------------------------------------------------------- engine
-def check_resume_config(saved, cfg, where):
-    """A run folder may only be resumed with the same network/model/data."""
-    for key in ("network", "model", "dataset", "loss"):
-        if saved.get(key) != cfg.get(key):
-            raise PipelineError(f"{where} was trained with another '{key}' config; delete the "
-                                f"run folder or use another config name")
-
-
 def train(cfg):
     """Train (or resume) the run ``cfg`` describes; works alone or under torchrun."""
     cfg = task_class(cfg).resolve_config(copy.deepcopy(cfg))
@@ -336,8 +328,8 @@ class Trainer:
 
     # -- checkpoints
     def _save(self, name, full):
-        c = dict(config=self.saved_cfg, model=_state_dict(self.model), epoch=self.epoch,
-                 step=self.step, metrics=dict(self.last_metrics))
+        c = dict(config=self.saved_cfg, record=self.record, model=_state_dict(self.model),
+                 epoch=self.epoch, step=self.step, metrics=dict(self.last_metrics))
         if full:
             c.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict() if self.scaler is not None else {},
@@ -395,12 +387,12 @@ class Trainer:
 
     def fit(self):
         cfg, t, d = self.cfg, self.t, self.d
+        # Stale (other inputs or settings) stops here, or with overwrite starts afresh.
+        self.record = runs.guard_run(cfg, self.run, d)
         state = self._load_last()
-        if state is not None:
-            check_resume_config(state["config"], cfg, self.run)
-            if state.get("finished"):
-                log.info("%s already finished; nothing to do", self.run)
-                return 0
+        if state is not None and state.get("finished"):
+            log.info("%s already finished; nothing to do", self.run)
+            return 0
 
         if self.device.type == "cpu":
             set_cpu_threads(t.get("num_workers", 0), int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
@@ -593,6 +585,8 @@ class Trainer:
 
     def _finish(self):
         """Task's final step with the best weights (rank 0), then mark the run finished."""
+        # Final weights per rank: DDP ranks must agree (compared by tests and people).
+        log.info("rank %d parameters sha256 %s", self.d.rank, runs.weights_digest(self.model.named_parameters()))
         if self.d.is_main:
             best = self.run / "best.ckpt"
             if best.is_file():
