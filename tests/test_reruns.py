@@ -85,7 +85,7 @@ def test_replaced_checkpoint_stops_later_stages_until_overwrite(ws, tmp_path, mo
             torch.inference_mode():
         np.testing.assert_allclose(z["embeddings"], model.features(torch.from_numpy(read_npz_images(src, "npz"))),
                                    rtol=1e-4, atol=1e-5)
-    with pytest.raises(PipelineError, match=r"training run .*inputs\.dump\.digest.*overwrite=true"):
+    with pytest.raises(PipelineError, match=r"training run .*input_params\.dump\.checkpoint_sha256: .* -> .*overwrite=true"):
         train_rsna.main(RNN_BCE)
     assert train_rsna.main([*RNN_BCE, "overwrite=true"]) == 0
     assert not infer()  # a consistent pair again

@@ -3,9 +3,11 @@
 Everything runs on CPU at 32 px with a handful of steps; rexnet_200 is built without
 pretrained weights (there is no network here).
 """
+import contextlib
 import logging
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -16,12 +18,14 @@ import pandas as pd
 import pytest
 import torch
 
+from rsna_pe import io as rsna_io
 from rsna_pe import paths, provenance
 from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.cnn import GeM, CNNTask, build_cnn, build_train_transform, load_backbone_file
 from rsna_pe.config import CONFIG_DIR, REPO_ROOT, load_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import conversion_params
+from rsna_pe.io import CRASH_ENV, CRASH_EXIT_CODE
 from rsna_pe.labels import TRAIN_COLUMNS
 from rsna_pe.losses import FocalLoss, build_loss
 from rsna_pe.trainer import Trainer, build_optimizer, build_scheduler, split_by_fold
@@ -222,6 +226,24 @@ def test_fold_split_and_datasets(data):
     assert np.array_equal(val_ds[0][0].numpy(), want)
 
 
+def test_shift_scale_rotate_scales_x_and_y_together():
+    # One scale draw for both axes (keep_ratio), as the original ShiftScaleRotate: a centred
+    # square stays a square, of a size that varies between draws.
+    cfg = load_config(CONFIG_DIR / "train_cnn" / "_base.yml")["augment"]
+    cfg.update(hflip=0.0, shift_scale_rotate={"p": 1.0, "shift": 0.0, "scale": 0.2, "rotate": 0})
+    cfg["dropout"]["p"] = 0.0
+    t = build_train_transform(cfg, 64)
+    t.set_random_seed(0)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[24:40, 24:40] = 255
+    sides = []
+    for _ in range(12):
+        bright = t(image=img)["image"][..., 0] > 127
+        sides.append((int(bright[:, 32].sum()), int(bright[32, :].sum())))
+    assert all(abs(h - w) <= 1 for h, w in sides), sides
+    assert len({h for h, _ in sides}) > 2
+
+
 @pytest.mark.parametrize("size", [32, 64])
 def test_train_augmentation_keeps_shape_and_changes_pixels(size):
     cfg = load_config(CONFIG_DIR / "train_cnn" / "_base.yml")["augment"]
@@ -320,6 +342,59 @@ def test_resume_continues_at_the_saved_step(finished_run, data, tmp_path, monkey
     got = torch.load(run / "last.ckpt", weights_only=True)["model"]
     want = torch.load(ref_run / "last.ckpt", weights_only=True)["model"]
     assert all(torch.allclose(got[k].float(), want[k].float(), atol=1e-6) for k in want)
+
+
+def test_killed_at_any_write_resumes_to_identical_weights(data, tmp_path, monkeypatch):
+    """Killed (subprocess, RSNA_PE_CRASH_AT_WRITE) after a validation's top-k/best writes but
+    before its last.ckpt, then at the final write, then rerun: best.ckpt and last.ckpt hold the
+    weights of an uninterrupted run, and no temporaries are left."""
+    writes = []
+    logged_path = rsna_io.atomic_path
+
+    @contextlib.contextmanager
+    def logged(final, suffix=""):
+        writes.append(Path(final).name)
+        with logged_path(final, suffix) as tmp:
+            yield tmp
+
+    monkeypatch.setattr(rsna_io, "atomic_path", logged)
+    run_main(["-c", str(DEMO_CFG), *overrides(data, tmp_path / "ref")])  # one thread, as below
+    monkeypatch.undo()
+    lasts = [i for i, name in enumerate(writes) if name == "last.ckpt"]
+    resumed = ["config.yaml", *writes[lasts[0] + 1:]]  # a run resuming after the 1st validation
+    argv = [sys.executable, str(REPO_ROOT / "src" / "train_rsna.py"), "-c", str(DEMO_CFG),
+            *overrides(data, tmp_path / "crash")]
+    for at in (lasts[1] + 1, len(resumed)):  # the 2nd validation's last.ckpt, the final write
+        r = subprocess.run(argv, env={**SUB_ENV, CRASH_ENV: str(at)}, capture_output=True, text=True, timeout=300)
+        assert r.returncode == CRASH_EXIT_CODE, r.stderr[-3000:]
+    r = subprocess.run(argv, env=SUB_ENV, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, run = (paths.run_dir(tmp_path / d, "rexnet200_bce", 0) for d in ("ref", "crash"))
+    for name in ("best.ckpt", "last.ckpt"):
+        want, got = (torch.load(r / name, weights_only=True)["model"] for r in (ref, run))
+        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), name
+    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in ref.iterdir())
+    assert not list(run.rglob("*.tmp"))
+
+
+def test_stale_inputs_stop_a_run_until_overwrite(data, tmp_path):
+    """The JPEG set remade with another quality: a finished run stops with a one-line error;
+    overwrite=true trains it again from scratch."""
+    shutil.copytree(data, tmp_path / "data")
+    argv = ["-c", str(DEMO_CFG), *overrides(tmp_path / "data", tmp_path / "out", **{
+        "train.epochs": 1, "train.max_steps_per_epoch": 1, "train.val_per_epoch": 1})]
+    run_main(argv)
+    run = paths.run_dir(tmp_path / "out", "rexnet200_bce", 0)
+    first = provenance.load(run)
+    write_records(tmp_path / "data", quality=90)
+    with pytest.raises(PipelineError, match=r"training run .*input_params\.jpegs\.quality: 95 -> 90.*overwrite=true"):
+        train_rsna.main(argv)
+    (run / "stale.txt").write_text("from the old run")
+    run_main([*argv, "overwrite=true"])
+    assert not (run / "stale.txt").exists() and list(pd.read_csv(run / "metrics.csv")["step"]) == [1]
+    rec = torch.load(run / "last.ckpt", weights_only=True)["record"]
+    assert rec["params"]["input_params"]["jpegs"]["quality"] == 90
+    assert provenance.digest(provenance.load(run)) == provenance.digest(rec) != provenance.digest(first)
 
 
 def test_ddp_two_cpu_processes(data, tmp_path):
