@@ -3,11 +3,8 @@
 Everything runs on CPU at 32 px with a handful of steps; rexnet_200 is built without
 pretrained weights (there is no network here).
 """
-import contextlib
 import logging
 import math
-import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -18,28 +15,16 @@ import pandas as pd
 import pytest
 import torch
 
-from rsna_pe import io as rsna_io
-from rsna_pe import paths, provenance
+import train_rsna
+from cnn_data import DEMO_CFG, SIZE, overrides, run_main, write_data
+from rsna_pe import paths
 from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.cnn import GeM, CNNTask, build_cnn, build_train_transform, load_backbone_file
 from rsna_pe.config import CONFIG_DIR, REPO_ROOT, load_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.images import conversion_params
-from rsna_pe.io import CRASH_ENV, CRASH_EXIT_CODE
-from rsna_pe.labels import TRAIN_COLUMNS
 from rsna_pe.losses import FocalLoss, build_loss
 from rsna_pe.trainer import Trainer, build_optimizer, build_scheduler, split_by_fold
-
-import train_rsna
-
-SIZE = 32
-N_STUDIES, N_SLICES = 15, 2  # 15 studies: every fold id 0..14 exists once
-DEMO_CFG = CONFIG_DIR / "demo" / "train_cnn" / "rexnet200_bce.yml"
-# Subprocesses: one OpenMP thread each (two spinning threads per process on a busy 2-core
-# machine make each step ~10x slower) and no wandb.
-SUB_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled",
-               PYTHONPATH=str(REPO_ROOT / "src"))
-
+from workspace import SUB_ENV
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
@@ -52,58 +37,9 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def write_records(root, size=SIZE, quality=95):
-    """The records stages 1 and 2 keep beside their outputs (a training run refers to them)."""
-    jpegs, fold_dir = paths.jpeg_dir(root, size), paths.fold_csv(root, size).parent
-    provenance.write(jpegs, provenance.make("make_image", {"split": "train", **conversion_params(size, quality)}))
-    provenance.write(fold_dir, provenance.make("make_csv", {"n_splits": 15, "seed": 42},
-                                               {"jpegs": provenance.ref(jpegs, fold_dir)}))
-
-
-def write_data(root, size=SIZE, n_studies=N_STUDIES, n_slices=N_SLICES):
-    """JPEGs + fold csv (and their records) in the stage 1/2 layout; a bright square marks a PE
-    slice."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for s in range(n_studies):
-        study, series = f"1.2.826.{s}", f"1.2.827.{s}"
-        folder = paths.jpeg_dir(root, size) / study / series
-        folder.mkdir(parents=True)
-        for z in range(n_slices):
-            pe = (s + z) % 2
-            img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
-            if pe:
-                img[size // 4: size // 2, size // 4: size // 2] = 230
-            sop = f"1.2.828.{s}.{z}"
-            cv2.imwrite(str(folder / f"{z:04d}_{sop}.jpg"), img)
-            row = dict.fromkeys(TRAIN_COLUMNS, 0)
-            row.update(StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sop,
-                       pe_present_on_image=pe, z_pos_order=z, fold=s)
-            rows.append(row)
-    csv = paths.fold_csv(root, size)
-    csv.parent.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    write_records(root, size)
-    return Path(root)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("cnn") / "data")
-
-
-def overrides(data, out, **extra):
-    o = {"dataset.data_dir": data, "jpeg_size": SIZE, "dataset.size": SIZE,
-         "output_dir": out, "train.batch_size": 4, "train.val_batch_size": 16,
-         "train.num_workers": 0, "train.epochs": 2, "train.max_steps_per_epoch": 2,
-         "train.val_per_epoch": 2, "train.device": "cpu", "augment.enabled": False,
-         "wandb.mode": "disabled"}
-    o.update(extra)
-    return [f"{k}={v}" for k, v in o.items()]
-
-
-def run_main(argv):
-    assert train_rsna.main(argv) == 0
 
 
 @pytest.fixture(scope="module")
@@ -342,59 +278,6 @@ def test_resume_continues_at_the_saved_step(finished_run, data, tmp_path, monkey
     got = torch.load(run / "last.ckpt", weights_only=True)["model"]
     want = torch.load(ref_run / "last.ckpt", weights_only=True)["model"]
     assert all(torch.allclose(got[k].float(), want[k].float(), atol=1e-6) for k in want)
-
-
-def test_killed_at_any_write_resumes_to_identical_weights(data, tmp_path, monkeypatch):
-    """Killed (subprocess, RSNA_PE_CRASH_AT_WRITE) after a validation's top-k/best writes but
-    before its last.ckpt, then at the final write, then rerun: best.ckpt and last.ckpt hold the
-    weights of an uninterrupted run, and no temporaries are left."""
-    writes = []
-    logged_path = rsna_io.atomic_path
-
-    @contextlib.contextmanager
-    def logged(final, suffix=""):
-        writes.append(Path(final).name)
-        with logged_path(final, suffix) as tmp:
-            yield tmp
-
-    monkeypatch.setattr(rsna_io, "atomic_path", logged)
-    run_main(["-c", str(DEMO_CFG), *overrides(data, tmp_path / "ref")])  # one thread, as below
-    monkeypatch.undo()
-    lasts = [i for i, name in enumerate(writes) if name == "last.ckpt"]
-    resumed = ["config.yaml", *writes[lasts[0] + 1:]]  # a run resuming after the 1st validation
-    argv = [sys.executable, str(REPO_ROOT / "src" / "train_rsna.py"), "-c", str(DEMO_CFG),
-            *overrides(data, tmp_path / "crash")]
-    for at in (lasts[1] + 1, len(resumed)):  # the 2nd validation's last.ckpt, the final write
-        r = subprocess.run(argv, env={**SUB_ENV, CRASH_ENV: str(at)}, capture_output=True, text=True, timeout=300)
-        assert r.returncode == CRASH_EXIT_CODE, r.stderr[-3000:]
-    r = subprocess.run(argv, env=SUB_ENV, capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr[-3000:]
-    ref, run = (paths.run_dir(tmp_path / d, "rexnet200_bce", 0) for d in ("ref", "crash"))
-    for name in ("best.ckpt", "last.ckpt"):
-        want, got = (torch.load(r / name, weights_only=True)["model"] for r in (ref, run))
-        assert want.keys() == got.keys() and all(torch.equal(want[k], got[k]) for k in want), name
-    assert sorted(p.name for p in run.iterdir()) == sorted(p.name for p in ref.iterdir())
-    assert not list(run.rglob("*.tmp"))
-
-
-def test_stale_inputs_stop_a_run_until_overwrite(data, tmp_path):
-    """The JPEG set remade with another quality: a finished run stops with a one-line error;
-    overwrite=true trains it again from scratch."""
-    shutil.copytree(data, tmp_path / "data")
-    argv = ["-c", str(DEMO_CFG), *overrides(tmp_path / "data", tmp_path / "out", **{
-        "train.epochs": 1, "train.max_steps_per_epoch": 1, "train.val_per_epoch": 1})]
-    run_main(argv)
-    run = paths.run_dir(tmp_path / "out", "rexnet200_bce", 0)
-    first = provenance.load(run)
-    write_records(tmp_path / "data", quality=90)
-    with pytest.raises(PipelineError, match=r"training run .*input_params\.jpegs\.quality: 95 -> 90.*overwrite=true"):
-        train_rsna.main(argv)
-    (run / "stale.txt").write_text("from the old run")
-    run_main([*argv, "overwrite=true"])
-    assert not (run / "stale.txt").exists() and list(pd.read_csv(run / "metrics.csv")["step"]) == [1]
-    rec = torch.load(run / "last.ckpt", weights_only=True)["record"]
-    assert rec["params"]["input_params"]["jpegs"]["quality"] == 90
-    assert provenance.digest(provenance.load(run)) == provenance.digest(rec) != provenance.digest(first)
 
 
 def test_ddp_two_cpu_processes(data, tmp_path):

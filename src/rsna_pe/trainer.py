@@ -3,7 +3,7 @@
 A network type is a ``Task`` (model, datasets, one step, validation metrics); this module
 does the rest: seeding, mixed precision, channels_last, optional ``torch.compile``, gradient
 accumulation, DDP, validation ``val_per_epoch`` times per epoch, top-k/best/last checkpoints,
-resuming an unfinished run, metrics.csv and wandb. Blocks are built from config by name:
+resuming an unfinished run (under the rerun rule of rsna_pe.runs), metrics.csv and wandb. Blocks are built from config by name:
 ``loss`` (rsna_pe.losses), ``optimizer`` (any torch.optim class), ``scheduler`` (SCHEDULERS).
 """
 import contextlib
@@ -276,7 +276,6 @@ class _Wandb:
     """wandb on rank 0, imported only when enabled (WANDB_MODE overrides wandb.mode)."""
 
     def __init__(self, cfg, run, is_main):
-        import os
         wcfg = cfg.get("wandb") or {}
         mode = os.environ.get("WANDB_MODE") or wcfg.get("mode", "offline")
         self.run = None
@@ -420,26 +419,7 @@ class Trainer:
         self.training_done = self.finished = False
         self.rows = []
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.epoch, self.step = state["epoch"], state["step"]
-            self.next_epoch, self.next_batch = state["next_epoch"], state["next_batch"]
-            self.top_k = [tuple(x) for x in state["top_k"]]
-            self.best_loss, self.last_metrics = state["best_loss"], state["metrics"]
-            self.training_done = state["training_done"]
-            if d.is_main:
-                _set_rng_state(state["rng"])
-            else:
-                seed_everything(self.seed + d.rank + 7919 * self.step)
-            metrics_csv = self.run / "metrics.csv"
-            if metrics_csv.is_file():  # rows past the checkpoint belong to the lost segment
-                self.rows = [r for r in pd.read_csv(metrics_csv).to_dict("records")
-                             if r["step"] <= self.step]
-            log.info("resuming %s at epoch %d batch %d (step %d, lr %.3g)", self.run,
-                     self.next_epoch, self.next_batch, self.step, _lr(self.optimizer))
+            self._restore(state)
             del state
 
         self.train_model, self.ddp = self.model, None
@@ -463,6 +443,28 @@ class Trainer:
         finally:
             self.wandb.finish()
         return 0
+
+    def _restore(self, state):
+        """Continue from ``last.ckpt``: weights, optimizer, schedule, counters, RNG, metrics."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.next_epoch, self.next_batch = state["next_epoch"], state["next_batch"]
+        self.top_k = [tuple(x) for x in state["top_k"]]
+        self.best_loss, self.last_metrics = state["best_loss"], state["metrics"]
+        self.training_done = state["training_done"]
+        if self.d.is_main:
+            _set_rng_state(state["rng"])
+        else:
+            seed_everything(self.seed + self.d.rank + 7919 * self.step)
+        metrics_csv = self.run / "metrics.csv"
+        if metrics_csv.is_file():  # rows past the checkpoint belong to the lost segment
+            self.rows = [r for r in pd.read_csv(metrics_csv).to_dict("records") if r["step"] <= self.step]
+        log.info("resuming %s at epoch %d batch %d (step %d, lr %.3g)", self.run,
+                 self.next_epoch, self.next_batch, self.step, _lr(self.optimizer))
 
     # -- loop
     def _plan(self):
