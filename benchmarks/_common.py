@@ -9,9 +9,11 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rsna_pe import paths  # noqa: E402
+from rsna_pe import paths, provenance  # noqa: E402
 from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
+from rsna_pe.images import conversion_params  # noqa: E402
 from rsna_pe.labels import LABELS  # noqa: E402
+from rsna_pe.runs import decisive_config, output_labels  # noqa: E402
 from rsna_pe.trainer import build_model  # noqa: E402
 
 
@@ -29,23 +31,27 @@ def sync(device):
 
 
 def fake_runs(out, size, variants=("rexnet200_bce", "rexnet200_focal"), folds=(0, 1, 2), rnn=True):
-    """Write best.ckpt (random weights) for each CNN run (and LSTM run) x fold under ``out``.
+    """Write best.ckpt (random weights) for each CNN run (and LSTM run) x fold under ``out``,
+    with the records later stages check (JPEG settings, dumped checkpoint, label order).
     Returns (cnn_output, rnn_output)."""
     cnn_out, rnn_out = Path(out) / "train_cnn", Path(out) / "train_rnn"
     for v in variants:
         for k in folds:
             torch.manual_seed(k)
-            cfg = load_config(CONFIG_DIR / "train_cnn" / f"{v}.yml",
-                              [f"dataset.fold={k}", f"dataset.size={size}", "model.pretrained=false"])
-            _save(build_model(cfg), cfg, paths.run_dir(cnn_out, v, k))
+            cfg = load_config(CONFIG_DIR / "train_cnn" / f"{v}.yml", [
+                f"dataset.fold={k}", f"jpeg_size={size}", f"dataset.size={size}", "model.pretrained=false"])
+            cnn = _save(build_model(cfg), cfg, paths.run_dir(cnn_out, v, k), jpegs=conversion_params(size, 95))
             if rnn:
                 rcfg = load_config(CONFIG_DIR / "train_rnn" / f"{v}.yml", [f"dataset.fold={k}"])
                 run = paths.run_dir(rnn_out, v, k)
-                _save(build_model(rcfg), rcfg, run)
+                _save(build_model(rcfg), rcfg, run, dump={"checkpoint_sha256": provenance.file_sha256(cnn)})
                 (run / "prior.json").write_text(json.dumps({name: 0.1 for name in LABELS}))
     return cnn_out, rnn_out
 
 
-def _save(model, cfg, run):
+def _save(model, cfg, run, **input_params):
     run.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": cfg, "model": model.state_dict()}, run / "best.ckpt")
+    record = provenance.make(f"train_{cfg['network']}", {
+        "config": decisive_config(cfg), "labels": output_labels(cfg), "input_params": input_params})
+    torch.save({"config": cfg, "record": record, "model": model.state_dict()}, run / "best.ckpt")
+    return run / "best.ckpt"

@@ -16,6 +16,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -23,25 +24,33 @@ from _common import CONFIG_DIR, add_model_args, fake_runs, paths, sync
 
 import dump_embeddings  # noqa: E402  (src/ is on the path via _common)
 from rsna_pe.checkpoint import load_model  # noqa: E402
+from rsna_pe import provenance  # noqa: E402
 from rsna_pe.distributed import pick_device  # noqa: E402
+from rsna_pe.images import NPZ_FORMAT, jpeg_params, read_npz_images  # noqa: E402
+from rsna_pe.io import atomic_savez  # noqa: E402
 
 
 def write_npz(root, size, n_series, n_slices):
+    """Stage 4's npz (JPEG bytes of random slices) and fold csv, with their records."""
     rng = np.random.default_rng(0)
     rows = []
-    base = rng.integers(0, 256, size=(n_slices, 3, size, size), dtype=np.uint8)
+    base = rng.integers(0, 256, size=(n_slices, size, size, 3), dtype=np.uint8)
+    blobs = [cv2.imencode(".jpg", im, jpeg_params(95))[1] for im in base]
+    npz_root = paths.npz_dir(root / "data", size)
     for s in range(n_series):
         study, series = f"1.2.{s}", f"1.3.{s}"
-        f = paths.series_file(paths.npz_dir(root / "data", size), study, series)
-        f.parent.mkdir(parents=True, exist_ok=True)
-        np.savez(f, imgs=np.roll(base, s, axis=0), labels=np.zeros((n_slices, 10), np.float32),
-                 sop=np.array([f"{s}.{k}" for k in range(n_slices)]))
+        order = np.roll(np.arange(n_slices), s)
+        offsets = np.concatenate([[0], np.cumsum([len(blobs[i]) for i in order])])
+        atomic_savez(paths.series_file(npz_root, study, series), jpeg=np.concatenate([blobs[i] for i in order]),
+                     jpeg_offsets=offsets, format=np.array(NPZ_FORMAT), labels=np.zeros((n_slices, 10), np.float32),
+                     sop=np.array([f"{s}.{k}" for k in range(n_slices)]))
         rows += [(study, series)] * n_slices
     csv = paths.fold_csv(root / "data", size)
     csv.parent.mkdir(parents=True, exist_ok=True)
     import pandas as pd
     pd.DataFrame(rows, columns=["StudyInstanceUID", "SeriesInstanceUID"]).to_csv(csv, index=False)
-    return [paths.series_file(paths.npz_dir(root / "data", size), f"1.2.{s}", f"1.3.{s}") for s in range(n_series)]
+    provenance.write(npz_root, provenance.make("make_npz", {"format": NPZ_FORMAT}))
+    return [paths.series_file(npz_root, f"1.2.{s}", f"1.3.{s}") for s in range(n_series)]
 
 
 @torch.inference_mode()
@@ -49,7 +58,7 @@ def original(files, ckpt, device, chunk, out):
     model, _ = load_model(ckpt, device=device)
     for f in files:
         with np.load(f) as z:
-            imgs, labels, sop = z["imgs"], z["labels"], z["sop"]
+            imgs, labels, sop = read_npz_images(z, f), z["labels"], z["sop"]
         outs = []
         for i in range(0, len(imgs), chunk):
             x = torch.from_numpy(imgs[i:i + chunk]).float().to(device)

@@ -4,8 +4,10 @@
 
 Finds ``best.ckpt`` of ``output/train_cnn/<run>/fold_<k>`` (or ``ckpt_path``), rebuilds the model
 from the checkpoint's own config and writes ``dump/v1/<run>/fold_<k>/<study>/<series>.npz``
-(``embeddings`` float32 (S, 2560), ``labels``, ``sop``). Finished series are skipped; under
-torchrun each rank takes its share of the series.
+(``embeddings`` float32 (S, 2560), ``labels``, ``sop``) and ``record.json`` (the checkpoint's
+content hash, the input size, the label order of ``labels``, the npz set's record). A rerun with
+the same record skips finished series; after the checkpoint or the npz set changed it stops
+until ``overwrite=true`` redoes the dump. Under torchrun each rank takes its share of the series.
 """
 import logging
 from pathlib import Path
@@ -14,13 +16,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, distributed, paths
-from rsna_pe.checkpoint import find_checkpoint, load_model
+from rsna_pe import cli, distributed, paths, provenance, runs
+from rsna_pe.checkpoint import find_checkpoint, load
 from rsna_pe.config import save_config
-from rsna_pe.embed import Embedder, resize_stack
+from rsna_pe.embed import Embedder
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import read_npz_images
 from rsna_pe.io import atomic_savez, read_csv
+from rsna_pe.model_input import resize_stack
 from rsna_pe.trainer import set_cpu_threads
 
 log = logging.getLogger("dump_embeddings")
@@ -58,12 +61,20 @@ def main(argv=None):
         distributed.cleanup()
 
 
+def _guard(cfg, ckpt_path, ckpt, src_root, out):
+    """The rerun rule (rank 0): a dump made from another checkpoint or npz set stops."""
+    record = runs.dump_record(ckpt_path, ckpt, src_root, out)
+    keep = provenance.guard(out, record, runs.has_outputs(out), cfg["overwrite"], "embedding dump")
+    if not keep or not (out / "config.yaml").is_file():
+        save_config({**cfg, "checkpoint": str(ckpt_path)}, out / "config.yaml")
+
+
 def _dump(cfg, run, fold, ckpt, d):
     rank, world, device = d.rank, d.world, d.device
     if device.type == "cpu":
         set_cpu_threads(cfg["num_workers"], world)
-    model, mcfg = load_model(ckpt, device="cpu")
-    size = mcfg["dataset"]["size"]
+    model, saved = load(ckpt, device="cpu")
+    size = saved["config"]["dataset"]["size"]
 
     data = Path(cfg["data_dir"])
     df = read_csv(paths.fold_csv(data, cfg["jpeg_size"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
@@ -72,8 +83,7 @@ def _dump(cfg, run, fold, ckpt, d):
     missing = [paths.series_file(src_root, *k) for k in keys if not paths.series_file(src_root, *k).is_file()]
     if missing:
         raise PipelineError(f"{missing[0]}: npz not found ({len(missing)} missing; run make_npz.py)")
-    if rank == 0:
-        save_config({**cfg, "checkpoint": str(ckpt)}, out / "config.yaml")
+    runs.on_main(d, lambda: _guard(cfg, ckpt, saved, src_root, out))
     todo = [(paths.series_file(src_root, *k), paths.series_file(out, *k)) for k in keys[rank::world]]
     todo = [t for t in todo if not t[1].is_file()]
     log.info("rank %d: %d series to embed with %s (input %d px) on %s -> %s",

@@ -3,9 +3,12 @@
     python src/inference.py [-c configs/inference.yml] [key=value ...]
 
 Reads ``<data_dir>/<split>.csv`` and its DICOM series; writes ``<output_dir>/submission.csv``
-(validated: every id once, labels in [0, 1], every consistency rule) and ``errors.csv``. A study
-that cannot be read gets the label prior and is listed in errors.csv (``on_error: fail`` makes
-that an error). Under torchrun the ranks share the studies and rank 0 writes.
+(validated: every id once, labels in [0, 1], every consistency rule; a submission that fails is
+not written), ``errors.csv`` and ``record.json`` (every pair's checkpoint hashes, the settings
+that change predictions). A study that cannot be read gets the label prior and is listed in
+errors.csv (``on_error: fail`` makes that an error, and writes no submission). A rerun with the
+same record writes nothing; another record needs ``overwrite=true`` (the old submission is
+kept as submission.prev.csv). Under torchrun the ranks share the studies and rank 0 writes.
 """
 import logging
 from pathlib import Path
@@ -15,7 +18,7 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, distributed
+from rsna_pe import cli, distributed, provenance, runs
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
@@ -45,6 +48,35 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
     return results, errors
 
 
+OUTPUTS = ("submission.csv", "errors.csv", "config.yaml")
+
+
+def _set_aside(out):
+    """Overwrite: the old submission becomes submission.prev.csv, its companions go."""
+    if (out / "submission.csv").is_file():
+        (out / "submission.csv").replace(out / "submission.prev.csv")
+    for name in OUTPUTS[1:]:
+        (out / name).unlink(missing_ok=True)
+
+
+def _up_to_date(cfg, pairs, ids_csv, out):
+    """The rerun rule (rank 0): True when a submission of this very record exists."""
+    record = runs.submission_record(cfg, pairs, ids_csv)
+    keep = provenance.guard(out, record, runs.has_outputs(out, OUTPUTS), cfg["overwrite"], "submission",
+                            clear=lambda: _set_aside(out))
+    return keep and (out / "submission.csv").is_file()
+
+
+def _not_written(out, why):
+    """A failed result leaves no submission.csv behind (the last good one, if any, is
+    submission.prev.csv)."""
+    if (out / "submission.csv").is_file():
+        (out / "submission.csv").replace(out / "submission.prev.csv")
+    prev = out / "submission.prev.csv"
+    return PipelineError(f"{why}; no {out / 'submission.csv'} written" +
+                         (f" (the previous one is {prev})" if prev.is_file() else ""))
+
+
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv)
     d = distributed.init(cfg["device"])
@@ -61,8 +93,12 @@ def _infer(cfg, d):
     df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
     dirs = series_dirs(data / cfg["split"], df)
-    ens = Ensemble(resolve_pairs(cfg), d.device, chunk=cfg["batch_size"], amp=cfg["amp"],
+    pairs, out = resolve_pairs(cfg), Path(cfg["output_dir"])
+    ens = Ensemble(pairs, d.device, chunk=cfg["batch_size"], amp=cfg["amp"],
                    channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["tta_flip"])
+    if runs.on_main(d, lambda: _up_to_date(cfg, pairs, data / f"{cfg['split']}.csv", out)):
+        log.info("%s is up to date", out / "submission.csv")
+        return 0
     log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), d.device)
     results, errors = predict_all(ens, sorted(dirs)[d.rank::d.world], dirs, expected, cfg["num_workers"], d.rank)
     gathered = distributed.gather_objects((results, errors), d)
@@ -77,17 +113,16 @@ def _infer(cfg, d):
                         [results[s][2] for s in study_ids])
     problems = validate_submission(sub, study_ids, [np.asarray(expected[s]) for s in study_ids])
     if problems:
-        raise PipelineError(f"submission failed validation ({len(problems)} problems), first: {problems[0]}")
-    out = Path(cfg["output_dir"])
+        raise _not_written(out, f"submission failed validation ({len(problems)} problems), first: {problems[0]}")
     save_config(cfg, out / "config.yaml")
     atomic_to_csv(pd.DataFrame(errors, columns=["StudyInstanceUID", "reason"]), out / "errors.csv")
+    msg = (f"{len(errors)} of {len(study_ids)} studies unreadable, filled with the label prior "
+           f"(see {out / 'errors.csv'})")
+    if errors and cfg["on_error"] == "fail":
+        raise _not_written(out, msg)
     atomic_to_csv(sub, out / "submission.csv")
     log.info("wrote %s: %d rows, %d studies", out / "submission.csv", len(sub), len(study_ids))
     if errors:
-        msg = (f"{len(errors)} of {len(study_ids)} studies unreadable, filled with the label prior "
-               f"(see {out / 'errors.csv'})")
-        if cfg["on_error"] == "fail":
-            raise PipelineError(msg)
         log.warning(msg)
     return 0
 

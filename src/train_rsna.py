@@ -3,8 +3,10 @@
     python src/train_rsna.py -c configs/train_cnn/rexnet200_bce.yml dataset.fold=0
     torchrun --nproc_per_node=4 src/train_rsna.py -c ... dataset.fold=0   # DDP
 
-The run folder is output_dir/<config stem>/fold_<k>; rerunning resumes an unfinished run
-and does nothing for a finished one.
+The run folder is output_dir/<config stem>/fold_<k>, with ``record.json`` (also in every
+checkpoint: settings, input records, label order of the outputs, versions). Rerunning resumes
+an unfinished run and does nothing for a finished one; a run made from other inputs or
+settings stops with a one-line error until ``overwrite=true`` trains it again from scratch.
 """
 from rsna_pe.cli import parse, run
 from rsna_pe.trainer import train

@@ -1,7 +1,7 @@
 """Stages 4-7 on a tiny generated data set: npz, embedding dump, inference, predict_study.
 
-One module-scoped workspace runs the whole chain once (CNN and LSTM trained for a few steps at
-32 px); the tests then check each stage's outputs against independent computations.
+The shared workspace (tests/workspace.py) runs the whole chain once; the tests check each
+stage's outputs against independent computations.
 """
 import json
 import shutil
@@ -12,50 +12,16 @@ import pytest
 import torch
 
 import dump_embeddings
-import inference
-import make_csv
-import make_image
-import make_npz
 import predict_study
-import train_rsna
 from rsna_pe import paths
 from rsna_pe.checkpoint import find_checkpoint, load_model
-from rsna_pe.config import CONFIG_DIR
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import jpeg_name, read_jpeg, read_npz_images
 from rsna_pe.labels import LABELS
 from rsna_pe.metric import consistency_violations, from_submission, validate_submission
-from rsna_pe.synthetic import generate
-
-DEMO = CONFIG_DIR / "demo"
-SIZE = 32
-CNN_FAST = ["jpeg_size=32", "dataset.size=32", "train.max_steps_per_epoch=2", "train.batch_size=8",
-            "train.val_batch_size=64", "train.num_workers=0", "wandb.mode=disabled"]
-RNN_FAST = ["jpeg_size=32", "train.epochs=2",
-            "train.num_workers=0", "wandb.mode=disabled"]
-
-
-@pytest.fixture(scope="module")
-def ws(tmp_path_factory):
-    """A workspace after stages 1-6 for one CNN+RNN pair (bce, fold 0)."""
-    root = tmp_path_factory.mktemp("ws")
-    mp = pytest.MonkeyPatch()
-    mp.chdir(root)
-    generate(root / "data", n_train=24, n_test=3, slices=(4, 6), matrix=64, workers=1, seed=3)
-    make_image.main(["-c", str(DEMO / "make_image.yml"), f"jpeg_size={SIZE}", "workers=1"])
-    make_csv.main(["-c", str(DEMO / "make_csv.yml"), f"jpeg_size={SIZE}"])
-    train_rsna.main(["-c", str(DEMO / "train_cnn" / "rexnet200_bce.yml"), *CNN_FAST])
-    make_npz.main(["-c", str(DEMO / "make_npz.yml"), f"jpeg_size={SIZE}", "workers=1"])
-    dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), f"jpeg_size={SIZE}",
-                          "num_workers=0", "batch_size=4"])
-    train_rsna.main(["-c", str(DEMO / "train_rnn" / "rexnet200_bce.yml"), *RNN_FAST])
-    yield root
-    mp.undo()
-
-
-def _infer(*extra):
-    inference.main(["-c", str(DEMO / "inference.yml"), "models=[{cnn: rexnet200_bce, rnn: rexnet200_bce}]",
-                    "folds=[0]", "num_workers=0", *extra])
+from rsna_pe.model_input import resize_stack
+from rsna_pe.predict import Ensemble
+from workspace import DEMO, SIZE, SMALL, infer as _infer
 
 
 def test_npz_contents_order_and_labels(ws):
@@ -136,8 +102,9 @@ def test_corrupt_study_is_logged_and_filled_with_prior(ws, tmp_path):
     prior = json.loads((paths.run_dir("output/train_rnn", "rexnet200_bce", 0) / "prior.json").read_text())
     bad_sops = test.SOPInstanceUID[test.StudyInstanceUID == bad]
     np.testing.assert_allclose(sub[bad_sops].to_numpy(), prior["pe_present_on_image"], rtol=1e-6)
-    with pytest.raises(PipelineError, match="unreadable"):
+    with pytest.raises(PipelineError, match="unreadable.*no .*submission.csv written"):
         _infer(f"data_dir={data}", f"output_dir={tmp_path / 'out2'}", "on_error=fail")
+    assert (tmp_path / "out2" / "errors.csv").is_file() and not (tmp_path / "out2" / "submission.csv").exists()
 
 
 def test_predict_study_writes_json_and_png(ws, tmp_path, capsys):
@@ -150,3 +117,40 @@ def test_predict_study_writes_json_and_png(ws, tmp_path, capsys):
     assert len(result["slices"]) == (test.StudyInstanceUID == study).sum()
     assert (tmp_path / "report.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "negative_exam_for_pe" in capsys.readouterr().out
+
+
+def _training_path(ens, dump_file):
+    """Stage 1 -> CNN -> dump -> head: the head on the dumped embeddings, as stage 6 saw them."""
+    with np.load(dump_file) as z:
+        emb, sop = torch.from_numpy(z["embeddings"]), list(z["sop"])
+    with torch.inference_mode():
+        img_logit, exam_logit = ens.members[0][2](emb[None], torch.tensor([len(emb)]))
+    return sop, torch.sigmoid(img_logit[0]).numpy(), torch.sigmoid(exam_logit[0]).numpy()
+
+
+@pytest.mark.parametrize("run,size", [("rexnet200_bce", SIZE), ("rexnet200_focal", SMALL)])
+def test_training_and_inference_see_the_same_pixels(ws, run, size):
+    """Training studies through stage 1 -> CNN -> dump -> head and through stage 7's reader:
+    identical model input, so the same probabilities; without the JPEG codec at inference they
+    would differ by the JPEG round trip (printed for the docs)."""
+    pair = (find_checkpoint("output/train_cnn", run, 0), find_checkpoint("output/train_rnn", run, 0))
+    fold = pd.read_csv(paths.fold_csv("data", SIZE), dtype=str)
+    series = fold[["StudyInstanceUID", "SeriesInstanceUID"]].drop_duplicates().to_numpy()
+    largest = {}
+    for codec in (True, False):
+        ens = Ensemble([pair], torch.device("cpu"), chunk=64, amp=False, jpeg_codec=codec)
+        diff = 0.0
+        for study, ser in series:
+            sop, img, exam = _training_path(ens, paths.series_file(paths.dump_dir("dump/v1", run, 0), study, ser))
+            infos, images = ens.read(ws / "data" / "train" / study / ser)
+            assert [i.sop for i in infos] == sop
+            if codec:  # the very pixels stage 5 fed the CNN
+                with np.load(paths.series_file(paths.npz_dir("data", SIZE), study, ser)) as z:
+                    want = resize_stack(read_npz_images(z, "npz"), size)
+                assert np.array_equal(images[ens.specs[0]], want)
+            (img_7, exam_7), = ens.member_outputs(images)
+            diff = max(diff, np.abs(img_7 - img).max(), np.abs(exam_7 - exam).max())
+        largest[codec] = diff
+    print(f"\n{run} (JPEG {SIZE} px, input {size} px), {len(series)} studies: largest probability "
+          f"difference {largest[True]:.2e} with the codec at inference, {largest[False]:.2e} without")
+    assert largest[True] < 1e-5

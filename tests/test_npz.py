@@ -3,7 +3,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from conftest import SIZE
+from prep_data import SIZE
 from rsna_pe import paths, provenance
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import NPZ_FORMAT, jpeg_name, read_jpeg, read_npz_images

@@ -1,153 +1,192 @@
-"""Stages 1, 2, 4 across reruns: killed at any write, stale outputs, unchanged reruns, umask."""
-import json
-import os
-import stat
+"""Reruns of stages 5-7 on the shared workspace: records, stale outputs, label order, explicit
+pairs, a kill at any write, and the same results under torchrun with two CPU processes."""
+import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
+import torch
 
-from conftest import (N_STUDIES, SIZE, copy_inputs, file_bytes, leftovers, listing, run_inline,
-                      run_stage)
-from rsna_pe import paths
+import dump_embeddings
+import inference
+import train_rsna
+from rsna_pe import labels, paths, provenance
+from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.errors import PipelineError
-from rsna_pe.images import SERIES_MANIFEST
-from rsna_pe.io import CRASH_EXIT_CODE
+from rsna_pe.images import read_npz_images
+from rsna_pe.io import CRASH_ENV, CRASH_EXIT_CODE
+from rsna_pe.labels import LABELS
+from workspace import DEMO, DUMP_ARGS, RNN_FAST, SIZE, STAGES, infer, run_script, snapshot
 
-JPEGS, FOLD = f"train-jpegs-{SIZE}", "fold"
-# Stage 1 writes: record, config copy, one folder per series, errors log, manifest.
-STAGE1_WRITES = 2 + N_STUDIES + 2
-# Stage 4 writes: record, config copy, one npz per series, errors log.
-STAGE4_WRITES = 2 + N_STUDIES + 1
-
-
-def _killed_then_rerun(script, ws, crash_at):
-    died = run_stage(script, ws, crash_at=crash_at)
-    assert died.returncode == CRASH_EXIT_CODE, died.stderr
-    assert leftovers(ws)  # the kill came between a temporary's write and its rename
-    done = run_stage(script, ws)
-    assert done.returncode == 0, done.stderr
-    for run in (died, done):  # the hex ids of the data set read without pydicom's warning
-        assert "Invalid value for VR UI" not in run.stderr
-    assert not leftovers(ws)
+DUMP_BCE = ["-c", str(DEMO / "dump_embeddings" / "rexnet200_bce.yml"), *DUMP_ARGS]
+RNN_BCE = ["-c", str(DEMO / "train_rnn" / "rexnet200_bce.yml"), *RNN_FAST]
+INFER_ARGS = ["-c", str(DEMO / "inference.yml"), "models=[{cnn: rexnet200_bce, rnn: rexnet200_bce}]",
+              "folds=[0]", "num_workers=0", "device=cpu"]
 
 
-@pytest.mark.parametrize("crash_at", [1, 2, 2 + N_STUDIES // 2, STAGE1_WRITES - 1, STAGE1_WRITES])
-def test_stage1_killed_at_a_write_resumes_to_identical_outputs(reference, tmp_path, crash_at):
-    ws = copy_inputs(reference, tmp_path)
-    _killed_then_rerun("make_image.py", ws, crash_at)
-    out, want = paths.jpeg_dir(ws / "data", SIZE), paths.jpeg_dir(reference / "data", SIZE)
-    assert file_bytes(out) == file_bytes(want)  # every JPEG, series manifest, manifest.csv, record
+def _ckpt(stage, run="rexnet200_bce"):
+    return find_checkpoint(f"output/train_{stage}", run, 0)
 
 
-@pytest.mark.parametrize("crash_at", [1, 2, 2 + N_STUDIES // 2, STAGE4_WRITES])
-def test_stage4_killed_at_a_write_resumes_to_identical_outputs(reference, tmp_path, crash_at):
-    ws = copy_inputs(reference, tmp_path, JPEGS, FOLD)
-    _killed_then_rerun("make_npz.py", ws, crash_at)
-    out, want = paths.npz_dir(ws / "data", SIZE), paths.npz_dir(reference / "data", SIZE)
-    assert file_bytes(out) == file_bytes(want)
+def _npz_files(root):
+    return sorted(p.relative_to(root) for p in Path(root).rglob("*.npz"))
 
 
-def _one_line_error(script, ws, *extra):
-    with pytest.raises(PipelineError) as e:
-        run_inline(script, ws, *extra)
-    msg = str(e.value)
-    assert "overwrite=true" in msg and "\n" not in msg
-    return msg
+# ----------------------------------------------------------------------------- records
+def test_unchanged_rerun_of_every_stage_writes_nothing(ws):
+    infer()  # the submission, unless an earlier test made it
+    before = snapshot(ws)
+    for stage, argv in STAGES:
+        assert not stage.main(argv)
+    assert not infer()
+    assert snapshot(ws) == before
 
 
-def _without_record(entries, folder):
-    """A listing less ``folder``'s record.json and ``folder`` itself (which it changes)."""
-    drop = {str(folder), str(folder / "record.json")}
-    return {p: v for p, v in entries.items() if p not in drop}
+def test_checkpoints_dumps_and_submissions_record_what_made_them(ws):
+    cnn = torch.load(_ckpt("cnn"), weights_only=True)["record"]
+    assert cnn["params"]["labels"] == ["pe_present_on_image"] and set(cnn["inputs"]) == {"jpegs", "fold_csv"}
+    assert cnn["params"]["input_params"]["jpegs"]["quality"] == 95
+    assert {"torch", "timm", "pydicom", "numpy"} <= set(cnn["info"]["packages"]) and "git" in cnn["info"]
+    assert provenance.digest(provenance.load(_ckpt("cnn").parent)) == provenance.digest(cnn)
+    head = torch.load(_ckpt("rnn"), weights_only=True)["record"]
+    assert head["params"]["labels"] == list(LABELS) and set(head["inputs"]) == {"dump", "fold_csv"}
+    dump = provenance.load(paths.dump_dir("dump/v1", "rexnet200_bce", 0))
+    assert dump["params"] == {"checkpoint_sha256": provenance.file_sha256(_ckpt("cnn")),
+                              "input_size": SIZE, "labels": list(LABELS)}
+    assert head["params"]["input_params"]["dump"] == dump["params"]
+    infer()
+    sub = provenance.load("output/inference/rexnet200")
+    assert sub["params"]["pairs"] == [{"cnn": provenance.file_sha256(_ckpt("cnn")),
+                                       "rnn": provenance.file_sha256(_ckpt("rnn"))}]
 
 
-def _record(folder):
-    return json.loads((folder / "record.json").read_text())
+def test_replaced_checkpoint_stops_later_stages_until_overwrite(ws, tmp_path, monkeypatch):
+    """best.ckpt replaced after its dump: the dump, the head and inference each stop with a
+    one-line error instead of keeping the old embeddings; overwrite=true redoes them."""
+    for sub in ("data/npz", "data/fold", "data/test", "output/train_cnn/rexnet200_bce",
+                "output/train_rnn/rexnet200_bce", "dump/v1/rexnet200_bce"):
+        shutil.copytree(ws / sub, tmp_path / sub)
+    shutil.copy(ws / "data" / "test.csv", tmp_path / "data" / "test.csv")
+    monkeypatch.chdir(tmp_path)
+    run = _ckpt("cnn").parent
+    best_step = torch.load(run / "best.ckpt", weights_only=True)["step"]
+    other = next(p for p in sorted(run.glob("epoch*.ckpt")) if torch.load(p, weights_only=True)["step"] != best_step)
+    shutil.copy(other, run / "best.ckpt")
+    with pytest.raises(PipelineError, match=r"dump.*checkpoint_sha256: .* -> .*overwrite=true"):
+        dump_embeddings.main(DUMP_BCE)
+    with pytest.raises(PipelineError, match="another checkpoint than .*best.ckpt"):
+        infer()
+    dump_embeddings.main([*DUMP_BCE, "overwrite=true"])
+    out = paths.dump_dir("dump/v1", "rexnet200_bce", 0)
+    first = out / _npz_files(out)[0]
+    model, _ = load_model(run / "best.ckpt")
+    with np.load(first) as z, np.load(paths.npz_dir("data", SIZE) / first.relative_to(out)) as src, \
+            torch.inference_mode():
+        np.testing.assert_allclose(z["embeddings"], model.features(torch.from_numpy(read_npz_images(src, "npz"))),
+                                   rtol=1e-4, atol=1e-5)
+    with pytest.raises(PipelineError, match=r"training run .*input_params\.dump\.checkpoint_sha256: .* -> .*overwrite=true"):
+        train_rsna.main(RNN_BCE)
+    assert train_rsna.main([*RNN_BCE, "overwrite=true"]) == 0
+    assert not infer()  # a consistent pair again
 
 
-def test_stage1_rerun_rule(reference, tmp_path):
-    ws = copy_inputs(reference, tmp_path, JPEGS)
-    out = paths.jpeg_dir(ws / "data", SIZE)
-    before = listing(ws)
-    run_inline("make_image.py", ws)
-    assert listing(ws) == before                      # unchanged rerun: nothing written
-    old = {p: b for p, b in file_bytes(out).items() if p.endswith(".jpg")}
-    assert "quality: 95 -> 90" in _one_line_error("make_image.py", ws, "quality=90")
-    assert listing(ws) == before                      # a refused rerun changes nothing either
-    run_inline("make_image.py", ws, "quality=90", "overwrite=true")
-    new = {p: b for p, b in file_bytes(out).items() if p.endswith(".jpg")}
-    assert new.keys() == old.keys() and all(new[p] != old[p] for p in old)
-    assert _record(out)["params"]["quality"] == 90
-
-    # A lost record.json: every series still names the record it was made under, so the set
-    # is known; the record is written again and nothing else.
-    record = (out / "record.json").read_bytes()
-    (out / "record.json").unlink()
-    before = listing(ws)
-    run_inline("make_image.py", ws, "quality=90")
-    assert (out / "record.json").read_bytes() == record
-    rel = out.relative_to(ws)
-    assert _without_record(listing(ws), rel) == _without_record(before, rel)
-    # Outputs that name no record (made before records): unknown.
-    (out / "record.json").unlink()
-    for m in out.rglob(SERIES_MANIFEST):
-        m.unlink()
-    assert "without a record" in _one_line_error("make_image.py", ws, "quality=90")
-    run_inline("make_image.py", ws, "quality=90", "overwrite=true")
-    assert len(list(out.rglob(SERIES_MANIFEST))) == N_STUDIES
+def test_submission_is_redone_only_with_overwrite_and_never_left_when_invalid(ws, tmp_path, monkeypatch):
+    out = tmp_path / "sub"
+    infer(f"output_dir={out}")
+    first = (out / "submission.csv").read_bytes()
+    with pytest.raises(PipelineError, match=r"tta_flip: false -> true.*overwrite=true"):
+        infer(f"output_dir={out}", "tta_flip=true")
+    assert (out / "submission.csv").read_bytes() == first
+    infer(f"output_dir={out}", "tta_flip=true", "overwrite=true")
+    assert (out / "submission.prev.csv").read_bytes() == first
+    assert (out / "submission.csv").read_bytes() != first
+    monkeypatch.setattr(inference, "validate_submission", lambda *a: ["1 id missing: 1.2.3"])
+    with pytest.raises(PipelineError, match=r"failed validation.*1\.2\.3; no .*submission.csv written "
+                                            r"\(the previous one is .*submission.prev.csv\)"):
+        infer(f"output_dir={out}", "overwrite=true")
+    assert not (out / "submission.csv").exists()
 
 
-def test_stage2_and_stage4_rerun_rule(reference, tmp_path):
-    ws = copy_inputs(reference, tmp_path, JPEGS, FOLD, "npz")
-    fold, npz = paths.fold_csv(ws / "data", SIZE), paths.npz_dir(ws / "data", SIZE)
-    before = listing(ws)
-    for script in ("make_csv.py", "make_npz.py"):
-        run_inline(script, ws)
-    assert listing(ws) == before                      # unchanged reruns: nothing written
-
-    run_inline("make_image.py", ws, "quality=90", "overwrite=true")   # the JPEG set changes
-    assert "inputs.jpegs.digest" in _one_line_error("make_csv.py", ws)
-    run_inline("make_csv.py", ws, "overwrite=true")
-    assert _record(fold.parent)["inputs"]["jpegs"]["digest"] != \
-        _record(paths.fold_csv(reference / "data", SIZE).parent)["inputs"]["jpegs"]["digest"]
-    assert "inputs.fold_csv.digest" in _one_line_error("make_npz.py", ws)
-    run_inline("make_npz.py", ws, "overwrite=true")
-    jpegs = paths.jpeg_dir(ws / "data", SIZE)
-    for f in npz.rglob("*.npz"):                      # repacked from the new JPEGs
-        with np.load(f) as z:
-            first = jpegs / f.parent.name / f.stem / f"0000_{z['sop'][0]}.jpg"
-            assert z["jpeg"][:z["jpeg_offsets"][1]].tobytes() == first.read_bytes()
-
-    (fold.parent / "record.json").unlink()            # the fold csv names no record itself
-    assert "without a record" in _one_line_error("make_csv.py", ws)
-    run_inline("make_csv.py", ws, "overwrite=true")   # the same record again: npz still current
-    (npz / "record.json").unlink()
-    before = listing(npz)
-    run_inline("make_npz.py", ws)                     # every npz names its record: known
-    assert _without_record(listing(npz), Path(".")) == _without_record(before, Path("."))
-    victim = next(npz.rglob("*.npz"))                 # an npz of the old layout names none
-    np.savez(victim, imgs=np.zeros((1, 3, 2, 2), np.uint8))
-    (npz / "record.json").unlink()
-    assert "without a record" in _one_line_error("make_npz.py", ws)
+def test_explicit_pairs_must_agree_on_cnn_run_and_fold(ws, tmp_path):
+    def pair(cnn, rnn):
+        return f"checkpoints=[{{cnn: {cnn}, rnn: {rnn}}}]"
+    with pytest.raises(PipelineError, match="CNN run 'rexnet200_focal', paired with CNN run 'rexnet200_bce'"):
+        infer(pair(_ckpt("cnn"), _ckpt("rnn", "rexnet200_focal")), f"output_dir={tmp_path}")
+    ckpt = torch.load(_ckpt("rnn"), weights_only=True)
+    ckpt["config"]["dataset"]["fold"] = 1
+    torch.save(ckpt, tmp_path / "fold1.ckpt")
+    with pytest.raises(PipelineError, match="LSTM head of fold 1 paired with a CNN of fold 0"):
+        infer(pair(_ckpt("cnn"), tmp_path / "fold1.ckpt"), f"output_dir={tmp_path}")
+    assert not list(tmp_path.glob("*.csv")) and not (tmp_path / "record.json").exists()
 
 
-@pytest.mark.parametrize("umask", [0o022, 0o027])
-def test_outputs_honour_the_umask(reference, tmp_path, umask):
-    ws = copy_inputs(reference, tmp_path)
-    old = os.umask(umask)
-    try:
-        for script in ("make_image.py", "make_csv.py", "make_npz.py"):
-            run_inline(script, ws)
-    finally:
-        os.umask(old)
-    roots = [paths.jpeg_dir(ws / "data", SIZE), paths.fold_csv(ws / "data", SIZE).parent,
-             paths.npz_dir(ws / "data", SIZE)]
-    found = {".jpg": 0, ".json": 0, ".csv": 0, ".npz": 0, "dir": 0}
-    for p in [q for r in roots for q in [r, *r.rglob("*")]]:
-        mode = stat.S_IMODE(p.stat().st_mode)
-        kind = "dir" if p.is_dir() else p.suffix
-        assert mode == (0o777 if kind == "dir" else 0o666) & ~umask, (p, oct(mode))
-        if kind in found:
-            found[kind] += 1
-    assert all(found.values()), found
+# ----------------------------------------------------------------------------- label order
+def _swap(monkeypatch, a, b):
+    """This code's label order with ``a`` and ``b`` swapped, as every reader sees it."""
+    order = [b if x == a else a if x == b else x for x in LABELS]
+    monkeypatch.setattr(labels, "LABELS", tuple(order))
+    monkeypatch.setattr(labels, "EXAM_LABELS", tuple(order[:-1]))
+    monkeypatch.setattr(labels, "IMAGE_LABEL", order[-1])
+
+
+def test_outputs_of_another_label_order_are_refused(ws, tmp_path, monkeypatch):
+    _swap(monkeypatch, "central_pe", "leftsided_pe")
+    load_model(_ckpt("cnn"))  # its one output is still pe_present_on_image
+    with pytest.raises(PipelineError, match="another label order .*'central_pe' at position 4 where this "
+                                            "code has 'leftsided_pe'.*retrain"):
+        load_model(_ckpt("rnn"))
+    with pytest.raises(PipelineError, match=r"fold_0/record.json: made with another label order"):
+        train_rsna.main([*RNN_BCE, f"output_dir={tmp_path}"])  # reads the dump's labels
+    _swap(monkeypatch, "pe_present_on_image", "negative_exam_for_pe")
+    with pytest.raises(PipelineError, match="another label order"):
+        load_model(_ckpt("cnn"))
+
+
+def test_checkpoint_without_label_order_is_refused(ws, tmp_path):
+    ckpt = torch.load(_ckpt("cnn"), weights_only=True)
+    del ckpt["record"]
+    torch.save(ckpt, tmp_path / "old.ckpt")
+    with pytest.raises(PipelineError, match=r"old.ckpt: no recorded label order .*retrain it"):
+        load_model(tmp_path / "old.ckpt")
+
+
+# ----------------------------------------------------------------------------- kills, torchrun
+def test_dump_killed_at_any_write_resumes_to_identical_files(ws):
+    """Killed at its first write (the record), mid-way and at the last npz, then rerun: the
+    same bytes as an uninterrupted run and no temporaries."""
+    argv = [*DUMP_BCE, "device=cpu"]
+    r = run_script("dump_embeddings.py", *argv, "dump_root=dump/ref")
+    assert r.returncode == 0, r.stderr[-3000:]
+    ref, out = paths.dump_dir("dump/ref", "rexnet200_bce", 0), paths.dump_dir("dump/crash", "rexnet200_bce", 0)
+    n = len(_npz_files(ref))
+    for at in (1, 2 + n // 2, None):  # record, config, then npz files: write 2 + n // 2 is mid-way
+        at = at or n - len(_npz_files(out))  # the last file still missing
+        r = run_script("dump_embeddings.py", *argv, "dump_root=dump/crash", env={CRASH_ENV: str(at)})
+        assert r.returncode == CRASH_EXIT_CODE, r.stderr[-3000:]
+    assert len(_npz_files(out)) == n - 1 and list(out.rglob("*.tmp"))
+    r = run_script("dump_embeddings.py", *argv, "dump_root=dump/crash")
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert _npz_files(out) == _npz_files(ref) and not list(out.rglob("*.tmp"))
+    assert all((out / f).read_bytes() == (ref / f).read_bytes() for f in _npz_files(ref))
+
+
+def test_dump_under_torchrun_equals_one_process(ws):
+    r = run_script("dump_embeddings.py", *DUMP_BCE, "device=cpu", "dump_root=dump/ddp", nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = paths.dump_dir("dump/v1", "rexnet200_bce", 0), paths.dump_dir("dump/ddp", "rexnet200_bce", 0)
+    assert _npz_files(two) == _npz_files(one)
+    for f in _npz_files(one):
+        with np.load(one / f) as a, np.load(two / f) as b:
+            np.testing.assert_allclose(b["embeddings"], a["embeddings"], rtol=1e-4, atol=1e-5)
+            assert np.array_equal(a["labels"], b["labels"]) and np.array_equal(a["sop"], b["sop"])
+
+
+def test_inference_under_torchrun_equals_one_process(ws):
+    infer()
+    r = run_script("inference.py", *INFER_ARGS, "output_dir=output/inference/ddp", nproc=2)
+    assert r.returncode == 0, r.stderr[-3000:]
+    one, two = (pd.read_csv(f"output/inference/{d}/submission.csv", dtype={"id": str}).set_index("id")["label"]
+                for d in ("rexnet200", "ddp"))
+    assert sorted(one.index) == sorted(two.index)
+    np.testing.assert_allclose(two[one.index], one, rtol=1e-5, atol=1e-6)

@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 import torch
 
-from rsna_pe import paths
+from rsna_pe import paths, provenance
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_savez
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
@@ -163,7 +163,15 @@ def make_dump(root, folds=(0, 2, 6, 9, 12, 14), lengths=(4, 6, 3, 5, 7, 2), cnn_
     csv = paths.fold_csv(root / "data", JPEG_SIZE)
     csv.parent.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(rows).to_csv(csv, index=False)
+    write_records(csv.parent, dump)
     return csv
+
+
+def write_records(fold_dir, dump, labels=LABELS, checkpoint="c" * 64):
+    """The records stages 2 and 5 keep beside their outputs (a training run refers to them)."""
+    provenance.write(fold_dir, provenance.make("make_csv", {"n_splits": 15, "seed": 42}))
+    provenance.write(dump, provenance.make("dump_embeddings", {
+        "checkpoint_sha256": checkpoint, "input_size": 8, "labels": list(labels)}))
 
 
 def task_cfg(root, csv, cnn_run="cnn_a", fold=0):
@@ -357,3 +365,26 @@ def test_wrapper_stops_at_the_first_failed_run_with_its_status(tmp_path):
     assert res.returncode == 2 and "error:" in res.stderr
     assert (tmp_path / "out/rexnet200_bce/fold_0/oof.csv").is_file()
     assert res.stdout.count("== train_rnn") == 2
+
+
+def test_ddp_two_processes_agree_and_write_a_valid_oof(tmp_path):
+    """torchrun, 2 gloo ranks: each rank logs the sha256 of its final parameters; both equal
+    the saved last.ckpt's, and rank 0 writes the oof of the whole validation fold."""
+    import re
+    import subprocess
+    import sys
+    from rsna_pe.runs import weights_digest
+    csv = make_dump(tmp_path)
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+           str(REPO / "src" / "train_rsna.py"), "-c", str(REPO / "configs/train_rnn/rexnet200_bce.yml"),
+           *tiny_overrides(tmp_path, csv)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPATH=str(REPO / "src"))
+    r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    hashes = dict(re.findall(r"rank (\d) parameters sha256 ([0-9a-f]+)", r.stderr))
+    run = paths.run_dir(tmp_path / "out", "rexnet200_bce", 0)
+    last = torch.load(run / "last.ckpt", weights_only=True)
+    assert hashes == {"0": weights_digest(last["model"].items()), "1": weights_digest(last["model"].items())}
+    assert last["finished"] and last["step"] == 2  # 2 epochs of one batch per rank
+    oof = pd.read_csv(run / "oof.csv", dtype={"id": str})
+    assert sorted(oof["id"]) == expected_oof_ids(csv) and oof["label"].between(0, 1).all()

@@ -4,7 +4,7 @@ import logging
 import pandas as pd
 import pytest
 
-from conftest import SIZE, copy_inputs, file_bytes, run_inline
+from prep_data import SIZE, copy_inputs, file_bytes, run_inline
 from rsna_pe import paths, shards
 from rsna_pe.errors import PipelineError
 from rsna_pe.shards import Shard

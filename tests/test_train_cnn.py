@@ -5,7 +5,6 @@ pretrained weights (there is no network here).
 """
 import logging
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -16,25 +15,16 @@ import pandas as pd
 import pytest
 import torch
 
+import train_rsna
+from cnn_data import DEMO_CFG, SIZE, overrides, run_main, write_data
 from rsna_pe import paths
 from rsna_pe.checkpoint import find_checkpoint, load_model
 from rsna_pe.cnn import GeM, CNNTask, build_cnn, build_train_transform, load_backbone_file
 from rsna_pe.config import CONFIG_DIR, REPO_ROOT, load_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.labels import TRAIN_COLUMNS
 from rsna_pe.losses import FocalLoss, build_loss
 from rsna_pe.trainer import Trainer, build_optimizer, build_scheduler, split_by_fold
-
-import train_rsna
-
-SIZE = 32
-N_STUDIES, N_SLICES = 15, 2  # 15 studies: every fold id 0..14 exists once
-DEMO_CFG = CONFIG_DIR / "demo" / "train_cnn" / "rexnet200_bce.yml"
-# Subprocesses: one OpenMP thread each (two spinning threads per process on a busy 2-core
-# machine make each step ~10x slower) and no wandb.
-SUB_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled",
-               PYTHONPATH=str(REPO_ROOT / "src"))
-
+from workspace import SUB_ENV
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread():
@@ -47,48 +37,9 @@ def _one_thread():
     torch.set_num_threads(old)
 
 
-def write_data(root, size=SIZE, n_studies=N_STUDIES, n_slices=N_SLICES):
-    """JPEGs + fold csv in the stage 1/2 layout; a bright square marks a PE slice."""
-    rng = np.random.default_rng(0)
-    rows = []
-    for s in range(n_studies):
-        study, series = f"1.2.826.{s}", f"1.2.827.{s}"
-        folder = paths.jpeg_dir(root, size) / study / series
-        folder.mkdir(parents=True)
-        for z in range(n_slices):
-            pe = (s + z) % 2
-            img = rng.integers(0, 80, (size, size, 3), dtype=np.uint8)
-            if pe:
-                img[size // 4: size // 2, size // 4: size // 2] = 230
-            sop = f"1.2.828.{s}.{z}"
-            cv2.imwrite(str(folder / f"{z:04d}_{sop}.jpg"), img)
-            row = dict.fromkeys(TRAIN_COLUMNS, 0)
-            row.update(StudyInstanceUID=study, SeriesInstanceUID=series, SOPInstanceUID=sop,
-                       pe_present_on_image=pe, z_pos_order=z, fold=s)
-            rows.append(row)
-    csv = paths.fold_csv(root, size)
-    csv.parent.mkdir(parents=True)
-    pd.DataFrame(rows).to_csv(csv, index=False)
-    return Path(root)
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     return write_data(tmp_path_factory.mktemp("cnn") / "data")
-
-
-def overrides(data, out, **extra):
-    o = {"dataset.data_dir": data, "jpeg_size": SIZE, "dataset.size": SIZE,
-         "output_dir": out, "train.batch_size": 4, "train.val_batch_size": 16,
-         "train.num_workers": 0, "train.epochs": 2, "train.max_steps_per_epoch": 2,
-         "train.val_per_epoch": 2, "train.device": "cpu", "augment.enabled": False,
-         "wandb.mode": "disabled"}
-    o.update(extra)
-    return [f"{k}={v}" for k, v in o.items()]
-
-
-def run_main(argv):
-    assert train_rsna.main(argv) == 0
 
 
 @pytest.fixture(scope="module")
@@ -209,6 +160,24 @@ def test_fold_split_and_datasets(data):
     # val images are the JPEG as decoded, RGB order
     want = cv2.cvtColor(cv2.imread(val_ds.files[0].decode()), cv2.COLOR_BGR2RGB)
     assert np.array_equal(val_ds[0][0].numpy(), want)
+
+
+def test_shift_scale_rotate_scales_x_and_y_together():
+    # One scale draw for both axes (keep_ratio), as the original ShiftScaleRotate: a centred
+    # square stays a square, of a size that varies between draws.
+    cfg = load_config(CONFIG_DIR / "train_cnn" / "_base.yml")["augment"]
+    cfg.update(hflip=0.0, shift_scale_rotate={"p": 1.0, "shift": 0.0, "scale": 0.2, "rotate": 0})
+    cfg["dropout"]["p"] = 0.0
+    t = build_train_transform(cfg, 64)
+    t.set_random_seed(0)
+    img = np.zeros((64, 64, 3), np.uint8)
+    img[24:40, 24:40] = 255
+    sides = []
+    for _ in range(12):
+        bright = t(image=img)["image"][..., 0] > 127
+        sides.append((int(bright[:, 32].sum()), int(bright[32, :].sum())))
+    assert all(abs(h - w) <= 1 for h, w in sides), sides
+    assert len({h for h, _ in sides}) > 2
 
 
 @pytest.mark.parametrize("size", [32, 64])
@@ -345,7 +314,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     assert list(rows["step"]) == [1, 2]  # one writer: no duplicate rows
     assert sorted(p.name for p in run.iterdir()) == [
         "best.ckpt", "config.yaml", "epoch00-step0000001.ckpt", "epoch00-step0000002.ckpt",
-        "last.ckpt", "metrics.csv"]
+        "last.ckpt", "metrics.csv", "record.json"]
     assert last["finished"]
     # validation gathered both ranks' shards: best.ckpt re-scored on the whole val set alone
     model, cfg = load_model(run / "best.ckpt")
@@ -385,11 +354,12 @@ def test_pretrained_file_loads_backbone_weights(tmp_path, finished_run):
         load_backbone_file(m.backbone, tmp_path / "other.pth")
 
 
-def test_pretrained_without_network_is_one_line_error(tmp_path):
+def test_pretrained_without_network_is_one_line_error(tmp_path, data):
     env = dict(SUB_ENV, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"),
                TORCH_HOME=str(tmp_path / "torch"))
     cmd = [sys.executable, str(REPO_ROOT / "src" / "train_rsna.py"), "-c", str(DEMO_CFG),
-           "model.pretrained=true", f"output_dir={tmp_path / 'out'}", "train.device=cpu"]
+           "model.pretrained=true", f"output_dir={tmp_path / 'out'}", "train.device=cpu",
+           f"dataset.data_dir={data}", f"jpeg_size={SIZE}"]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
     assert r.returncode == 2
     last = r.stderr.strip().splitlines()[-1]

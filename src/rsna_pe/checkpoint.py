@@ -2,7 +2,8 @@
 
 A checkpoint holds its own config, so ``load_model(path)`` rebuilds the network (backbone,
 pooling, input normalisation) exactly as it was trained, through the Task registry. Every
-checkpoint loads with ``torch.load(path, weights_only=True)``.
+checkpoint loads with ``torch.load(path, weights_only=True)`` and carries its run's record
+(rsna_pe.runs): versions, commit, inputs and the label order of its outputs.
 """
 from pathlib import Path
 
@@ -38,13 +39,21 @@ def read_checkpoint(path):
     return ckpt
 
 
-def load_model(path, device="cpu"):
-    """-> (model in eval mode on ``device``, the checkpoint's config)."""
+def load(path, device="cpu"):
+    """-> (model in eval mode on ``device``, the checkpoint). A checkpoint whose recorded label
+    order is not this code's (or that records none) is refused."""
+    from .runs import check_checkpoint
     from .trainer import get_task, without_pretrained
 
     ckpt = read_checkpoint(path)
-    cfg = ckpt["config"]
-    model = get_task(without_pretrained(cfg)).build_model()
+    check_checkpoint(ckpt, path)
+    model = get_task(without_pretrained(ckpt["config"])).build_model()
     model.load_state_dict(ckpt["model"])
-    return model.to(device).eval(), cfg
+    return model.to(device).eval(), ckpt
+
+
+def load_model(path, device="cpu"):
+    """-> (model in eval mode on ``device``, the checkpoint's config)."""
+    model, ckpt = load(path, device)
+    return model, ckpt["config"]
 

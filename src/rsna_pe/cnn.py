@@ -13,12 +13,13 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import paths
+from . import labels, paths
 from .errors import PipelineError
 from .folds import read_fold_csv
 from .images import jpeg_name, read_jpeg
 from .labels import IMAGE_LABEL
 from .losses import build_loss
+from .model_input import resize_slice
 from .trainer import Task, split_by_fold
 
 log = logging.getLogger(__name__)
@@ -149,11 +150,9 @@ def jpeg_path(root, study, series, z, sop):
 
 
 def load_slice(path, size):
-    """RGB uint8 (size, size, 3); cv2 linear resize, as stages 5 and 7 resize for the model."""
-    img = read_jpeg(path)
-    if img.shape[0] != size or img.shape[1] != size:
-        img = cv2.resize(img, (size, size), interpolation=cv2.INTER_LINEAR)
-    return img
+    """RGB uint8 (size, size, 3): the stage-1 JPEG resized by rsna_pe.model_input, the one
+    resize that stages 5 and 7 use too."""
+    return resize_slice(read_jpeg(path), size)
 
 
 def build_train_transform(acfg, size):
@@ -168,9 +167,10 @@ def build_train_transform(acfg, size):
     ulo, uhi = (max(2, px(v)) for v in drop["grid_unit"])
     return A.Compose([
         A.HorizontalFlip(p=acfg["hflip"]),
-        # ShiftScaleRotate of albumentations 1.x, written as the Affine it now is.
+        # ShiftScaleRotate of albumentations 1.x, written as the Affine it now is; keep_ratio:
+        # one scale for x and y, as ShiftScaleRotate drew it.
         A.Affine(translate_percent={"x": (-shift, shift), "y": (-shift, shift)},
-                 scale=(1 - scale, 1 + scale), rotate=(-rot, rot), shear=(0, 0),
+                 scale=(1 - scale, 1 + scale), keep_ratio=True, rotate=(-rot, rot), shear=(0, 0),
                  interpolation=cv2.INTER_LINEAR, border_mode=cv2.BORDER_REFLECT_101, p=ssr["p"]),
         A.OneOf([
             A.CoarseDropout(num_holes_range=(drop["coarse_holes"], drop["coarse_holes"]),
@@ -244,6 +244,17 @@ class CNNTask(Task):
         if not cfg["dataset"].get("size"):
             cfg["dataset"]["size"] = int(cfg["jpeg_size"])
         return cfg
+
+    @staticmethod
+    def output_labels():
+        return [labels.IMAGE_LABEL]
+
+    @staticmethod
+    def input_sets(cfg):
+        """Folders of the records a run is made from: the JPEG set and the fold csv."""
+        data = cfg["dataset"]["data_dir"]
+        return {"jpegs": paths.jpeg_dir(data, cfg["jpeg_size"]),
+                "fold_csv": paths.fold_csv(data, cfg["jpeg_size"]).parent}
 
     def build_model(self):
         return build_cnn(self.cfg["model"])

@@ -2,20 +2,10 @@
 
 Used by stage 5 (dump_embeddings) and stage 7 (inference), so both run the backbone the same way.
 """
-import cv2
 import numpy as np
 import torch
 
 from .trainer import amp_settings, autocast
-
-
-def resize_stack(imgs, size):
-    """uint8 (S, 3, H, W) -> (S, 3, size, size) with cv2 linear, as the training Resize does."""
-    if imgs.shape[-1] == size and imgs.shape[-2] == size:
-        return imgs
-    out = [cv2.resize(im.transpose(1, 2, 0), (size, size), interpolation=cv2.INTER_LINEAR)
-           for im in imgs]
-    return np.stack(out).transpose(0, 3, 1, 2)
 
 
 class Embedder:

@@ -90,9 +90,17 @@ def atomic_write_text(path, text):
 
 
 def atomic_savez(path, compress=False, **arrays):
+    """np.savez layout (np.load reads it), but byte-reproducible: np.savez stamps each member
+    with the current time, so the same arrays written twice would differ."""
+    import zipfile
+    method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_path(path, suffix=".npz") as tmp:
-        with open(tmp, "wb") as f:
-            (np.savez_compressed if compress else np.savez)(f, **arrays)
+        with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as zf:
+            for key, val in arrays.items():
+                member = zipfile.ZipInfo(f"{key}.npy", date_time=(1980, 1, 1, 0, 0, 0))
+                member.compress_type = method
+                with zf.open(member, "w", force_zip64=True) as f:
+                    np.lib.format.write_array(f, np.asanyarray(val), allow_pickle=False)
 
 
 def atomic_to_csv(df, path, **kwargs):

@@ -11,12 +11,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .checkpoint import find_checkpoint, load_model
+from .checkpoint import find_checkpoint, load
 from .dicom import read_series_images
 from .embed import Embedder
 from .errors import PipelineError
 from .labels import EXAM_LABELS, IMAGE_LABEL
 from .metric import postprocess
+from .model_input import from_windows
+from .runs import check_pair, jpeg_settings
 
 log = logging.getLogger(__name__)
 
@@ -42,40 +44,52 @@ def run_prior(rnn_ckpt):
 
 
 class Ensemble:
-    def __init__(self, pairs, device, chunk=256, amp=True, channels_last=True, compile=False, tta_flip=False):
+    """The CNN + LSTM pairs. Each CNN sees what it saw in training: the slice windowed at its
+    JPEG set's size, through that set's JPEG codec in memory, resized to its input size
+    (rsna_pe.model_input); ``jpeg_codec=False`` skips the codec (only to measure what it changes)."""
+
+    def __init__(self, pairs, device, chunk=256, amp=True, channels_last=True, compile=False, tta_flip=False,
+                 jpeg_codec=True):
         self.device, self.members = device, []
         for cnn_path, rnn_path in pairs:
-            cnn, cnn_cfg = load_model(cnn_path, device="cpu")
-            rnn, rnn_cfg = load_model(rnn_path, device=device)
-            want = rnn_cfg["dataset"].get("cnn_run")
-            if want and want != cnn_cfg["run_name"]:
-                raise PipelineError(f"{rnn_path}: RNN head was trained on embeddings of '{want}', "
-                                    f"paired with CNN run '{cnn_cfg['run_name']}' ({cnn_path})")
+            cnn, cnn_ckpt = load(cnn_path, device="cpu")
+            rnn, rnn_ckpt = load(rnn_path, device=device)
+            check_pair(cnn_path, cnn_ckpt, rnn_path, rnn_ckpt)
+            jpeg_size, quality = jpeg_settings(cnn_ckpt, cnn_path)
+            spec = (jpeg_size, quality if jpeg_codec else 0, int(cnn_ckpt["config"]["dataset"]["size"]))
             emb = Embedder(cnn, device, chunk=chunk, amp=amp, channels_last=channels_last,
                            compile=compile, tta_flip=tta_flip)
-            self.members.append((cnn_cfg["dataset"]["size"], emb, rnn.eval()))
+            self.members.append((spec, emb, rnn.eval()))
         priors = [run_prior(r) for _, r in pairs]
         self.prior = {k: float(np.mean([p[k] for p in priors])) for k in priors[0]}
-        self.sizes = sorted({size for size, _, _ in self.members})
+        # (JPEG size, quality (0: no codec), input size) of each distinct model input
+        self.specs = sorted({spec for spec, _, _ in self.members})
 
     def read(self, series_dir):
-        """Decode a series once at every input size the models need."""
-        return read_series_images(series_dir, self.sizes)
+        """-> (slices in z order, {spec: uint8 (S, 3, size, size)}): each file decoded once."""
+        infos, windowed = read_series_images(series_dir, sorted({j for j, _, _ in self.specs}))
+        return infos, {(j, q, n): from_windows(windowed[j], q or None, n) for j, q, n in self.specs}
 
     @torch.inference_mode()
-    def predict(self, images):
-        """{size: uint8 (S, 3, H, W)} -> (exam probabilities (9,), image probabilities (S,))."""
-        exams, imgs = [], []
-        # One host-to-device copy per input size, shared by all the models of that size.
-        on_device = {size: self.members[0][1].to_device(images[size]) for size in self.sizes}
-        for size, emb, rnn in self.members:
-            feats = torch.from_numpy(emb.run(on_device[size])).to(self.device)[None]
+    def member_outputs(self, images):
+        """{spec: uint8 (S, 3, H, W)} -> per pair (image probabilities (S,), exam probabilities
+        (9,)), before post-processing."""
+        # One host-to-device copy per model input, shared by all the models that take it.
+        on_device = {spec: self.members[0][1].to_device(images[spec]) for spec in self.specs}
+        out = []
+        for spec, emb, rnn in self.members:
+            feats = torch.from_numpy(emb.run(on_device[spec])).to(self.device)[None]
             img_logit, exam_logit = rnn(feats, torch.tensor([feats.shape[1]]))
-            img = torch.sigmoid(img_logit[0].float()).cpu().numpy()
-            exam = postprocess(torch.sigmoid(exam_logit.float()).cpu().numpy(), [img])[0]
-            exams.append(exam)
-            imgs.append(img)
-        img = np.mean(imgs, axis=0)
+            out.append((torch.sigmoid(img_logit[0].float()).cpu().numpy(),
+                        torch.sigmoid(exam_logit[0].float()).cpu().numpy()))
+        return out
+
+    def predict(self, images):
+        """{spec: uint8 (S, 3, H, W)} -> (exam probabilities (9,), image probabilities (S,)):
+        each pair post-processed, averaged, post-processed again."""
+        outs = self.member_outputs(images)
+        exams = [postprocess(exam[None], [img])[0] for img, exam in outs]
+        img = np.mean([img for img, _ in outs], axis=0)
         return postprocess(np.mean(exams, axis=0)[None], [img])[0], img
 
     def prior_prediction(self, n_images):

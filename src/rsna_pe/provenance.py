@@ -137,7 +137,8 @@ def difference(old, new, prefix=""):
         old = {k: old.get(k) for k in ("stage", "params", "inputs")}
         new = {k: new.get(k) for k in ("stage", "params", "inputs")}
     if isinstance(old, dict) and isinstance(new, dict):
-        for k in sorted(set(old) | set(new)):
+        # Settings before input digests: "params.quality: 95 -> 90" says more than a hash.
+        for k in ("stage", "params", "inputs") if prefix == "" else sorted(set(old) | set(new)):
             d = difference(old.get(k), new.get(k), f"{prefix}{k}.")
             if d:
                 return d

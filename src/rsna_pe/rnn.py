@@ -16,7 +16,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.data import Dataset
 
-from . import metric, paths
+from . import labels, metric, paths
 from .errors import PipelineError
 from .folds import read_fold_csv, split_mask
 from .io import atomic_to_csv, atomic_write_text
@@ -299,6 +299,18 @@ class RNNTask(Task):
 
     def build_model(self):
         return build_rnn(self.cfg["model"])
+
+    @staticmethod
+    def output_labels():
+        """Exam logits in EXAM_LABELS order, then the image logit: LABELS."""
+        return list(labels.LABELS)
+
+    @staticmethod
+    def input_sets(cfg):
+        """Folders of the records a run is made from: the dump and the fold csv."""
+        ds = cfg["dataset"]
+        return {"dump": paths.dump_dir(ds["dump_root"], ds["cnn_run"], ds["fold"]),
+                "fold_csv": paths.fold_csv(ds["data_dir"], cfg["jpeg_size"]).parent}
 
     def extra_state(self):
         return {"cnn_run": self.cnn_run, "prior": self.split()[2]}

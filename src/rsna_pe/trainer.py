@@ -3,7 +3,7 @@
 A network type is a ``Task`` (model, datasets, one step, validation metrics); this module
 does the rest: seeding, mixed precision, channels_last, optional ``torch.compile``, gradient
 accumulation, DDP, validation ``val_per_epoch`` times per epoch, top-k/best/last checkpoints,
-resuming an unfinished run, metrics.csv and wandb. Blocks are built from config by name:
+resuming an unfinished run (under the rerun rule of rsna_pe.runs), metrics.csv and wandb. Blocks are built from config by name:
 ``loss`` (rsna_pe.losses), ``optimizer`` (any torch.optim class), ``scheduler`` (SCHEDULERS).
 """
 import contextlib
@@ -21,7 +21,7 @@ import pandas as pd
 import torch
 import torch.nn as nn
 
-from . import distributed, paths
+from . import distributed, paths, runs
 from .config import save_config
 from .errors import PipelineError
 from .folds import split_mask
@@ -276,7 +276,6 @@ class _Wandb:
     """wandb on rank 0, imported only when enabled (WANDB_MODE overrides wandb.mode)."""
 
     def __init__(self, cfg, run, is_main):
-        import os
         wcfg = cfg.get("wandb") or {}
         mode = os.environ.get("WANDB_MODE") or wcfg.get("mode", "offline")
         self.run = None
@@ -304,14 +303,6 @@ class _Wandb:
 
 
 # ----------------------------------------------------------------------------- engine
-def check_resume_config(saved, cfg, where):
-    """A run folder may only be resumed with the same network/model/data."""
-    for key in ("network", "model", "dataset", "loss"):
-        if saved.get(key) != cfg.get(key):
-            raise PipelineError(f"{where} was trained with another '{key}' config; delete the "
-                                f"run folder or use another config name")
-
-
 def train(cfg):
     """Train (or resume) the run ``cfg`` describes; works alone or under torchrun."""
     cfg = task_class(cfg).resolve_config(copy.deepcopy(cfg))
@@ -336,8 +327,8 @@ class Trainer:
 
     # -- checkpoints
     def _save(self, name, full):
-        c = dict(config=self.saved_cfg, model=_state_dict(self.model), epoch=self.epoch,
-                 step=self.step, metrics=dict(self.last_metrics))
+        c = dict(config=self.saved_cfg, record=self.record, model=_state_dict(self.model),
+                 epoch=self.epoch, step=self.step, metrics=dict(self.last_metrics))
         if full:
             c.update(optimizer=self.optimizer.state_dict(), scheduler=self.scheduler.state_dict(),
                      scaler=self.scaler.state_dict() if self.scaler is not None else {},
@@ -395,12 +386,12 @@ class Trainer:
 
     def fit(self):
         cfg, t, d = self.cfg, self.t, self.d
+        # Stale (other inputs or settings) stops here, or with overwrite starts afresh.
+        self.record = runs.guard_run(cfg, self.run, d)
         state = self._load_last()
-        if state is not None:
-            check_resume_config(state["config"], cfg, self.run)
-            if state.get("finished"):
-                log.info("%s already finished; nothing to do", self.run)
-                return 0
+        if state is not None and state.get("finished"):
+            log.info("%s already finished; nothing to do", self.run)
+            return 0
 
         if self.device.type == "cpu":
             set_cpu_threads(t.get("num_workers", 0), int(os.environ.get("LOCAL_WORLD_SIZE", d.world)))
@@ -428,26 +419,7 @@ class Trainer:
         self.training_done = self.finished = False
         self.rows = []
         if state is not None:
-            self.model.load_state_dict(state["model"])
-            self.optimizer.load_state_dict(state["optimizer"])
-            self.scheduler.load_state_dict(state["scheduler"])
-            if self.scaler is not None and state.get("scaler"):
-                self.scaler.load_state_dict(state["scaler"])
-            self.epoch, self.step = state["epoch"], state["step"]
-            self.next_epoch, self.next_batch = state["next_epoch"], state["next_batch"]
-            self.top_k = [tuple(x) for x in state["top_k"]]
-            self.best_loss, self.last_metrics = state["best_loss"], state["metrics"]
-            self.training_done = state["training_done"]
-            if d.is_main:
-                _set_rng_state(state["rng"])
-            else:
-                seed_everything(self.seed + d.rank + 7919 * self.step)
-            metrics_csv = self.run / "metrics.csv"
-            if metrics_csv.is_file():  # rows past the checkpoint belong to the lost segment
-                self.rows = [r for r in pd.read_csv(metrics_csv).to_dict("records")
-                             if r["step"] <= self.step]
-            log.info("resuming %s at epoch %d batch %d (step %d, lr %.3g)", self.run,
-                     self.next_epoch, self.next_batch, self.step, _lr(self.optimizer))
+            self._restore(state)
             del state
 
         self.train_model, self.ddp = self.model, None
@@ -471,6 +443,28 @@ class Trainer:
         finally:
             self.wandb.finish()
         return 0
+
+    def _restore(self, state):
+        """Continue from ``last.ckpt``: weights, optimizer, schedule, counters, RNG, metrics."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch, self.step = state["epoch"], state["step"]
+        self.next_epoch, self.next_batch = state["next_epoch"], state["next_batch"]
+        self.top_k = [tuple(x) for x in state["top_k"]]
+        self.best_loss, self.last_metrics = state["best_loss"], state["metrics"]
+        self.training_done = state["training_done"]
+        if self.d.is_main:
+            _set_rng_state(state["rng"])
+        else:
+            seed_everything(self.seed + self.d.rank + 7919 * self.step)
+        metrics_csv = self.run / "metrics.csv"
+        if metrics_csv.is_file():  # rows past the checkpoint belong to the lost segment
+            self.rows = [r for r in pd.read_csv(metrics_csv).to_dict("records") if r["step"] <= self.step]
+        log.info("resuming %s at epoch %d batch %d (step %d, lr %.3g)", self.run,
+                 self.next_epoch, self.next_batch, self.step, _lr(self.optimizer))
 
     # -- loop
     def _plan(self):
@@ -593,6 +587,8 @@ class Trainer:
 
     def _finish(self):
         """Task's final step with the best weights (rank 0), then mark the run finished."""
+        # Final weights per rank: DDP ranks must agree (compared by tests and people).
+        log.info("rank %d parameters sha256 %s", self.d.rank, runs.weights_digest(self.model.named_parameters()))
         if self.d.is_main:
             best = self.run / "best.ckpt"
             if best.is_file():
