@@ -2,7 +2,8 @@
 
     python src/inference.py [-c configs/inference.yml] [key=value ...]
 
-Reads ``<data_dir>/<split>.csv`` and its DICOM series; writes ``<output_dir>/submission.csv``
+Reads ``<data_dir>/<split>.csv`` and its DICOM series, and the models from their run folders
+or from a model bundle (``bundle=DIR``, see docs/bundle.md); writes ``<output_dir>/submission.csv``
 (validated: every id once, labels in [0, 1], every consistency rule) and ``errors.csv``. A study
 that cannot be read gets the label prior and is listed in errors.csv (``on_error: fail`` makes
 that an error). Under torchrun the ranks share the studies and rank 0 writes.
@@ -16,13 +17,14 @@ import torch
 from tqdm import tqdm
 
 from rsna_pe import cli, distributed
+from rsna_pe.bundle import load_ensemble
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.labels import ID_COLUMNS
 from rsna_pe.metric import to_submission, validate_submission
 from rsna_pe.trainer import set_cpu_threads
-from rsna_pe.predict import Ensemble, StudyReader, resolve_pairs, series_dirs
+from rsna_pe.predict import StudyReader, series_dirs
 
 log = logging.getLogger("inference")
 
@@ -61,8 +63,7 @@ def _infer(cfg, d):
     df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
     dirs = series_dirs(data / cfg["split"], df)
-    ens = Ensemble(resolve_pairs(cfg), d.device, chunk=cfg["batch_size"], amp=cfg["amp"],
-                   channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["tta_flip"])
+    ens = load_ensemble(cfg, d.device, compile=cfg["compile"])
     log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), d.device)
     results, errors = predict_all(ens, sorted(dirs)[d.rank::d.world], dirs, expected, cfg["num_workers"], d.rank)
     gathered = distributed.gather_objects((results, errors), d)

@@ -58,6 +58,20 @@ class Ensemble:
         self.prior = {k: float(np.mean([p[k] for p in priors])) for k in priors[0]}
         self.sizes = sorted({size for size, _, _ in self.members})
 
+    @classmethod
+    def from_models(cls, models, prior, device, chunk=256, amp=True, channels_last=True, compile=False,
+                    tta_flip=False):
+        """An ensemble of already built pairs [(cnn, cnn_cfg, rnn, rnn_cfg)] and their mean label
+        prior (a model bundle: rsna_pe.bundle)."""
+        self = cls.__new__(cls)
+        self.device, self.prior = device, dict(prior)
+        self.members = [(cnn_cfg["dataset"]["size"],
+                         Embedder(cnn, device, chunk=chunk, amp=amp, channels_last=channels_last,
+                                  compile=compile, tta_flip=tta_flip), rnn.to(device).eval())
+                        for cnn, cnn_cfg, rnn, _ in models]
+        self.sizes = sorted({size for size, _, _ in self.members})
+        return self
+
     def read(self, series_dir):
         """Decode a series once at every input size the models need."""
         return read_series_images(series_dir, self.sizes)
