@@ -9,7 +9,6 @@ maps, scaled again. Slices run in batches, so a long study costs a few backward 
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 
 class _ForwardFeatures(nn.Module):
@@ -91,8 +90,3 @@ def ensemble_cam(ens, images, indices, out_size, batch=16):
         total += cnn_cam(emb.model, images[size][indices], out_size, batch)
     return scale01(total / len(ens.members))
 
-
-def upsample(maps, size):
-    """Maps (N, h, w) -> (N, size, size), bilinear (for drawing at another resolution)."""
-    t = torch.from_numpy(np.ascontiguousarray(maps, dtype=np.float32))[:, None]
-    return F.interpolate(t, size=(size, size), mode="bilinear", align_corners=False)[:, 0].numpy()
