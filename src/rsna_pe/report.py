@@ -37,23 +37,26 @@ def draw_report(path, img_prob, exam_prob, previews, cams=None, title=""):
     import matplotlib.pyplot as plt
 
     cams, img_prob = cams or {}, np.asarray(img_prob)
-    fig = plt.figure(figsize=(13, 10), constrained_layout=True)
-    grid = fig.add_gridspec(3, TOP_SHOWN, height_ratios=[1.1, 1, 1])
-    _curve(fig.add_subplot(grid[0, :3]), img_prob, cams, title)
-    bars = fig.add_subplot(grid[0, 3])
+    fig = plt.figure(figsize=(13, 10), layout="constrained")
+    # Two subfigures: the bars' long labels would otherwise widen an image column below them.
+    top_fig, img_fig = fig.subfigures(2, 1, height_ratios=[1.1, 2])
+    curve, bars = top_fig.subplots(1, 2, width_ratios=[3, 1])
+    _curve(curve, img_prob, cams, title)
     bars.barh(list(EXAM_LABELS)[::-1], exam_prob[::-1], color="tab:blue")
     bars.axvline(0.5, color="grey", ls="--", lw=1)
-    bars.set(xlim=(0, 1), title="exam-level probability (post-processed)")
+    bars.set(xlim=(0, 1), title="exam labels (post-processed)")
+    axes = img_fig.subplots(2, TOP_SHOWN)
     k = int(np.argmax(img_prob))
     for c, name in enumerate(WINDOWS):
-        _overlay(fig.add_subplot(grid[1, c]), previews[k][c], None,
-                 f"slice {k} ({img_prob[k]:.2f}): {name} window")
-    _overlay(fig.add_subplot(grid[1, 3]), previews[k][PE_CHANNEL], cams.get(k),
+        _overlay(axes[0, c], previews[k][c], None, f"slice {k} ({img_prob[k]:.2f}): {name} window")
+    _overlay(axes[0, 3], previews[k][PE_CHANNEL], cams.get(k),
              f"slice {k}: activation map" if k in cams else f"slice {k}: no activation map")
     top = np.argsort(-img_prob, kind="stable")[:TOP_SHOWN]
     for c, t in enumerate(top):
-        _overlay(fig.add_subplot(grid[2, c]), previews[t][PE_CHANNEL], cams.get(int(t)),
+        _overlay(axes[1, c], previews[t][PE_CHANNEL], cams.get(int(t)),
                  f"#{c + 1}: slice {t} ({img_prob[t]:.2f}), PE window")
+    for ax in axes[1, len(top):]:  # studies with fewer slices than TOP_SHOWN
+        ax.axis("off")
     with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, dpi=90, format="png")
     plt.close(fig)
