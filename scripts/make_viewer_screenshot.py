@@ -4,8 +4,7 @@
         [--slice K] [--size 1280x860]
 
 Needs Chromium and its driver (Debian: apt-get install chromium chromium-driver) and selenium
-(requirements-dev.txt); the pipeline and its demo need neither. The PNG is reduced to a 256-colour
-palette, which keeps a page of CT previews at a fraction of the bytes.
+(requirements-dev.txt); the pipeline and its demo need neither.
 """
 import argparse
 import shutil
@@ -55,12 +54,8 @@ def main(argv=None):
         png = browser.get_screenshot_as_png()
     finally:
         browser.quit()
-    from io import BytesIO
-
-    from PIL import Image
-
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    Image.open(BytesIO(png)).convert("RGB").quantize(256).save(args.out, optimize=True)
+    args.out.write_bytes(png)
     print(f"wrote {args.out} ({args.out.stat().st_size // 1024} KB)")
 
 

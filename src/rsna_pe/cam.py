@@ -3,8 +3,8 @@
 Grad-CAM on the backbone's last feature map through Captum's ``LayerGradCam``; Captum was
 chosen over the grad-cam package because it needs nothing beyond torch, numpy and matplotlib,
 already here, while grad-cam pulls ttach, scipy and Pillow. Each CNN's map is upsampled to the
-requested size and scaled to [0, 1] per slice; the ensemble's map is the mean of its CNNs'
-maps, scaled again. Slices run in batches, so a long study costs a few backward passes.
+requested size and stretched to [0, 1] per slice; the ensemble's map is the mean of its CNNs'
+maps, stretched again. Slices run in batches, so a long study costs a few backward passes.
 """
 import numpy as np
 import torch
@@ -39,9 +39,17 @@ class CamNet(nn.Module):
 
 
 def scale01(maps):
-    """Each map (N, H, W) divided by its own max; an all-zero map stays zero."""
-    peak = maps.reshape(len(maps), -1).max(axis=1) if len(maps) else np.zeros(0)
-    return (maps / np.where(peak > 0, peak, 1)[:, None, None]).astype(np.float32)
+    """Each map (N, H, W) stretched to [0, 1] between its own min and max (where in the slice,
+    not how much: the probability says that). A flat map becomes 1 if positive (evidence
+    everywhere, e.g. a 1x1 feature map), 0 if zero (no positive evidence)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = maps.reshape(len(maps), -1)
+    lo, hi = (flat.min(axis=1), flat.max(axis=1)) if len(maps) else (np.zeros(0), np.zeros(0))
+    span = hi - lo
+    even = span <= 1e-6 * np.maximum(hi, 1e-30)
+    out = (maps - lo[:, None, None]) / np.where(even, 1, span)[:, None, None]
+    out[even] = (hi[even] > 0)[:, None, None]
+    return out.astype(np.float32)
 
 
 def grad_cam(net, layer, images, out_size=None, batch=16):
