@@ -37,7 +37,7 @@ fold_csv=$("$PY" "$SRC/make_csv.py" -c "$CONFIGS/make_csv.yml" --print-output)
 "$PY" "$SRC/evaluate.py" --labels "$fold_csv" \
   output/train_rnn/*/fold_*/oof.csv --prior data/train.csv --json output/cv_score.json
 
-step "one study report"
+step "one study: report and viewer"
 study_dir=$(find data/test -mindepth 2 -maxdepth 2 -type d | sort | sed -n 1p)  # sed reads all: no SIGPIPE under pipefail
 "$PY" "$SRC/predict_study.py" "$study_dir" -c "$CONFIGS/inference.yml" --out output/predict_study
 
@@ -45,5 +45,6 @@ echo
 echo "demo finished in $(( $(date +%s) - start )) s; outputs in $WS:"
 echo "  data/ (DICOM, JPEG, folds, npz)  output/train_cnn  dump/v1  output/train_rnn"
 echo "  output/inference/rexnet200/submission.csv  output/predict_study/{prediction.json,report.png}"
+echo "  output/predict_study/viewer.html (open in a browser: slices, probabilities, activation maps)"
 # Last: the three scores side by side; exits non-zero if the test score is not below 0.7x the prior.
 "$PY" "$HERE/scripts/demo_summary.py" output/test_score.json output/cv_score.json

@@ -2,7 +2,8 @@
 
     python src/inference.py [-c configs/inference.yml] [key=value ...]
 
-Reads ``<data_dir>/<split>.csv`` and its DICOM series; writes ``<output_dir>/submission.csv``
+Reads ``<data_dir>/<split>.csv`` and its DICOM series, and the models from their run folders
+or from a model bundle (``bundle=DIR``, see docs/bundle.md); writes ``<output_dir>/submission.csv``
 (validated: every id once, labels in [0, 1], every consistency rule; a submission that fails is
 not written), ``errors.csv`` and ``record.json`` (every pair's checkpoint hashes, the settings
 that change predictions). A study that cannot be read gets the label prior and is listed in
@@ -19,13 +20,14 @@ import torch
 from tqdm import tqdm
 
 from rsna_pe import cli, distributed, provenance, runs
+from rsna_pe.bundle import load_ensemble
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.labels import ID_COLUMNS
 from rsna_pe.metric import to_submission, validate_submission
 from rsna_pe.trainer import set_cpu_threads
-from rsna_pe.predict import Ensemble, StudyReader, resolve_pairs, series_dirs
+from rsna_pe.predict import StudyReader, series_dirs
 
 log = logging.getLogger("inference")
 
@@ -59,9 +61,9 @@ def _set_aside(out):
         (out / name).unlink(missing_ok=True)
 
 
-def _up_to_date(cfg, pairs, ids_csv, out):
+def _up_to_date(cfg, sources, ids_csv, out):
     """The rerun rule (rank 0): True when a submission of this very record exists."""
-    record = runs.submission_record(cfg, pairs, ids_csv)
+    record = runs.submission_record(cfg, sources, ids_csv)
     keep = provenance.guard(out, record, runs.has_outputs(out, OUTPUTS), cfg["overwrite"], "submission",
                             clear=lambda: _set_aside(out))
     return keep and (out / "submission.csv").is_file()
@@ -93,10 +95,9 @@ def _infer(cfg, d):
     df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
     dirs = series_dirs(data / cfg["split"], df)
-    pairs, out = resolve_pairs(cfg), Path(cfg["output_dir"])
-    ens = Ensemble(pairs, d.device, chunk=cfg["batch_size"], amp=cfg["amp"],
-                   channels_last=cfg["channels_last"], compile=cfg["compile"], tta_flip=cfg["tta_flip"])
-    if runs.on_main(d, lambda: _up_to_date(cfg, pairs, data / f"{cfg['split']}.csv", out)):
+    out = Path(cfg["output_dir"])
+    ens = load_ensemble(cfg, d.device, compile=cfg["compile"])
+    if runs.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out)):
         log.info("%s is up to date", out / "submission.csv")
         return 0
     log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), d.device)

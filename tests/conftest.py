@@ -1,8 +1,13 @@
-"""Fixtures shared by the stage tests."""
+"""Fixtures shared by the stage tests: the trained workspace, the stage 1-4 reference, a copy
+for tests that read the workspace from their own folder, and headless Chromium."""
+import importlib.util
+import shutil
+
 import pytest
 import torch
 
 from prep_data import STAGES, run_inline, write_dataset
+from rsna_pe.config import REPO_ROOT
 from workspace import build
 
 
@@ -46,3 +51,30 @@ def reference(tmp_path_factory):
     for script in STAGES:
         run_inline(script, ws)
     return ws
+
+
+@pytest.fixture(scope="session")
+def trained_ws(workspace, tmp_path_factory):
+    """A copy of the trained workspace (records hold relative paths, so it stays valid) for
+    tests that chdir into it themselves (``monkeypatch.chdir``)."""
+    root = tmp_path_factory.mktemp("trained_ws") / "ws"
+    shutil.copytree(workspace, root)
+    return root
+
+
+def _screenshot_script():
+    path = REPO_ROOT / "scripts" / "make_viewer_screenshot.py"
+    spec = importlib.util.spec_from_file_location("make_viewer_screenshot", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """A headless Chromium WebDriver, started as scripts/make_viewer_screenshot.py starts it."""
+    if not (shutil.which("chromium") and shutil.which("chromedriver")):
+        pytest.skip("chromium/chromedriver not installed: apt-get install chromium chromium-driver")
+    driver = _screenshot_script().open_chromium()
+    yield driver
+    driver.quit()

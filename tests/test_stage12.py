@@ -157,7 +157,7 @@ def test_stage2_rejects_rows_without_jpeg(tmp_path, monkeypatch):
 def test_hex_ids_read_without_pydicoms_warning_other_bad_uids_still_warn(tmp_path, caplog):
     import warnings
 
-    from conftest import quiet_write_series, run_inline, write_dataset
+    from prep_data import quiet_write_series, run_inline, write_dataset
     keys = write_dataset(tmp_path / "data")
     with warnings.catch_warnings(record=True) as seen, caplog.at_level(logging.WARNING):
         warnings.simplefilter("always")

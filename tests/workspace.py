@@ -22,6 +22,7 @@ SRC = REPO_ROOT / "src"
 SIZE = 32   # JPEG size, and the bce CNN's input
 SMALL = 24  # the focal CNN's input: smaller than its JPEGs
 RUNS = ("rexnet200_bce", "rexnet200_focal")
+ONE_PAIR = ["models=[{cnn: rexnet200_bce, rnn: rexnet200_bce}]", "folds=[0]"]  # stage 7 on one pair
 CNN_FAST = [f"jpeg_size={SIZE}", "train.max_steps_per_epoch=2", "train.batch_size=8",
             "train.val_batch_size=64", "train.num_workers=0", "wandb.mode=disabled"]
 RNN_FAST = [f"jpeg_size={SIZE}", "train.epochs=2", "train.num_workers=0", "wandb.mode=disabled"]

@@ -18,7 +18,7 @@ from .errors import PipelineError
 from .labels import EXAM_LABELS, IMAGE_LABEL
 from .metric import postprocess
 from .model_input import from_windows
-from .runs import check_pair, jpeg_settings
+from .runs import check_pair, checkpoint_sha256, jpeg_settings
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +50,38 @@ class Ensemble:
 
     def __init__(self, pairs, device, chunk=256, amp=True, channels_last=True, compile=False, tta_flip=False,
                  jpeg_codec=True):
-        self.device, self.members = device, []
+        """From run folders: [(cnn checkpoint, rnn checkpoint)], each pair checked."""
+        members, sources = [], []
         for cnn_path, rnn_path in pairs:
             cnn, cnn_ckpt = load(cnn_path, device="cpu")
             rnn, rnn_ckpt = load(rnn_path, device=device)
             check_pair(cnn_path, cnn_ckpt, rnn_path, rnn_ckpt)
-            jpeg_size, quality = jpeg_settings(cnn_ckpt, cnn_path)
-            spec = (jpeg_size, quality if jpeg_codec else 0, int(cnn_ckpt["config"]["dataset"]["size"]))
-            emb = Embedder(cnn, device, chunk=chunk, amp=amp, channels_last=channels_last,
-                           compile=compile, tta_flip=tta_flip)
-            self.members.append((spec, emb, rnn.eval()))
+            members.append((cnn, cnn_ckpt, rnn, cnn_path))
+            sources.append({"cnn": checkpoint_sha256(cnn_path), "rnn": checkpoint_sha256(rnn_path),
+                            "where": [str(cnn_path), str(rnn_path)]})
         priors = [run_prior(r) for _, r in pairs]
-        self.prior = {k: float(np.mean([p[k] for p in priors])) for k in priors[0]}
+        prior = {k: float(np.mean([p[k] for p in priors])) for k in priors[0]}
+        self._set_up(members, prior, sources, device, jpeg_codec,
+                     dict(chunk=chunk, amp=amp, channels_last=channels_last, compile=compile, tta_flip=tta_flip))
+
+    @classmethod
+    def from_models(cls, models, prior, sources, device, chunk=256, amp=True, channels_last=True,
+                    compile=False, tta_flip=False):
+        """An ensemble of already built pairs [(cnn, cnn checkpoint fields (config, record), rnn,
+        where)] with their mean label prior and content hashes (a model bundle: rsna_pe.bundle)."""
+        self = cls.__new__(cls)
+        self._set_up(models, prior, sources, device, True,
+                     dict(chunk=chunk, amp=amp, channels_last=channels_last, compile=compile, tta_flip=tta_flip))
+        return self
+
+    def _set_up(self, models, prior, sources, device, jpeg_codec, embed_kw):
+        self.device, self.prior, self.members = device, dict(prior), []
+        # [{cnn: sha256, rnn: sha256, where: [...]}] per pair: what stage 7's record names
+        self.sources = sources
+        for cnn, cnn_ckpt, rnn, where in models:
+            jpeg_size, quality = jpeg_settings(cnn_ckpt, where)
+            spec = (jpeg_size, quality if jpeg_codec else 0, int(cnn_ckpt["config"]["dataset"]["size"]))
+            self.members.append((spec, Embedder(cnn, device, **embed_kw), rnn.to(device).eval()))
         # (JPEG size, quality (0: no codec), input size) of each distinct model input
         self.specs = sorted({spec for spec, _, _ in self.members})
 

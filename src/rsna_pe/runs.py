@@ -162,13 +162,14 @@ def dump_record(ckpt_path, ckpt, npz_root, out_dir):
 SUBMISSION_SETTINGS = ("split", "tta_flip", "amp")
 
 
-def submission_record(cfg, pairs, ids_csv):
-    """Stage 7: every pair's checkpoint hashes, the id list's hash, the deciding settings."""
+def submission_record(cfg, sources, ids_csv):
+    """Stage 7: every pair's model hashes (checkpoint files, or a bundle's weights files), the
+    id list's hash, the deciding settings."""
     rec = provenance.make("inference", {
         **{k: cfg[k] for k in SUBMISSION_SETTINGS},
         "ids_sha256": provenance.file_sha256(ids_csv),
-        "pairs": [{"cnn": checkpoint_sha256(c), "rnn": checkpoint_sha256(r)} for c, r in pairs]})
-    rec["info"]["checkpoints"] = [[str(c), str(r)] for c, r in pairs]
+        "pairs": [{"cnn": s["cnn"], "rnn": s["rnn"]} for s in sources]})
+    rec["info"]["checkpoints"] = [s["where"] for s in sources]
     return rec
 
 

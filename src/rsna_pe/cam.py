@@ -1,0 +1,100 @@
+"""Activation maps: where in a slice the CNNs find their evidence for PE (Grad-CAM).
+
+Grad-CAM on the backbone's last feature map through Captum's ``LayerGradCam``; Captum was
+chosen over the grad-cam package because it needs nothing beyond torch, numpy and matplotlib,
+already here, while grad-cam pulls ttach, scipy and Pillow. Each CNN's map is upsampled to the
+requested size and stretched to [0, 1] per slice; the ensemble's map is the mean of its CNNs'
+maps, stretched again. Slices run in batches, so a long study costs a few backward passes.
+"""
+import numpy as np
+import torch
+import torch.nn as nn
+
+
+class _ForwardFeatures(nn.Module):
+    """The backbone's feature map as a module call: Captum hooks module outputs, and
+    ``RSNACNN.features`` calls ``backbone.forward_features``, which no module hook sees."""
+
+    def __init__(self, backbone):
+        super().__init__()
+        self.backbone = backbone
+
+    def forward(self, x):
+        return self.backbone.forward_features(x)
+
+
+class CamNet(nn.Module):
+    """An ``RSNACNN``'s logit (B, 1), computed with the same modules in the same order as its
+    ``forward``, with ``feature_map`` as the layer Grad-CAM explains."""
+
+    def __init__(self, cnn):
+        super().__init__()
+        self.cnn = cnn
+        self.feature_map = _ForwardFeatures(cnn.backbone)
+
+    def forward(self, x):
+        c = self.cnn
+        x = (x.float() - c.mean) / c.std
+        return c.head(c.drop(c.pool(self.feature_map(x))))
+
+
+def scale01(maps):
+    """Each map (N, H, W) stretched to [0, 1] between its own min and max (where in the slice,
+    not how much: the probability says that). A flat map becomes 1 if positive (evidence
+    everywhere, e.g. a 1x1 feature map), 0 if zero (no positive evidence)."""
+    maps = np.asarray(maps, dtype=np.float32)
+    flat = maps.reshape(len(maps), -1)
+    lo, hi = (flat.min(axis=1), flat.max(axis=1)) if len(maps) else (np.zeros(0), np.zeros(0))
+    span = hi - lo
+    even = span <= 1e-6 * np.maximum(hi, 1e-30)
+    out = (maps - lo[:, None, None]) / np.where(even, 1, span)[:, None, None]
+    out[even] = (hi[even] > 0)[:, None, None]
+    return out.astype(np.float32)
+
+
+def grad_cam(net, layer, images, out_size=None, batch=16):
+    """Grad-CAM of output 0 of ``net`` at ``layer`` for images (N, C, H, W) (numpy or tensor,
+    any dtype the net takes) -> float32 (N, out, out) in [0, 1] (default: the input's size)."""
+    from captum.attr import LayerAttribution, LayerGradCam
+
+    device = next(net.parameters()).device
+    images = torch.as_tensor(images)
+    size = tuple(images.shape[-2:]) if out_size is None else (int(out_size), int(out_size))
+    gc = LayerGradCam(net, layer)
+    out = []
+    for start in range(0, len(images), batch):
+        # Gradients even where the caller runs under inference_mode (clone: a normal tensor).
+        with torch.inference_mode(False), torch.enable_grad():
+            x = images[start:start + batch].to(device).float().clone().requires_grad_(True)
+            a = gc.attribute(x, target=0, relu_attributions=True)
+        a = LayerAttribution.interpolate(a.detach().float(), size, interpolate_mode="bilinear")
+        out.append(a[:, 0].clamp(min=0).cpu().numpy())
+    return scale01(np.concatenate(out)) if out else np.zeros((0, *size), np.float32)
+
+
+def cnn_cam(cnn, images, out_size=None, batch=16):
+    """Grad-CAM of one ``RSNACNN`` (uint8 RGB 0-255 input, as it was trained)."""
+    net = CamNet(cnn).eval()
+    return grad_cam(net, net.feature_map, images, out_size, batch)
+
+
+def pick_slices(img_prob, top_k=8, all_slices=False):
+    """The slices to explain: all, or the ``top_k`` most probable, in z order."""
+    n = len(img_prob)
+    if all_slices:
+        return np.arange(n)
+    k = max(0, min(int(top_k), n))
+    return np.sort(np.argsort(-np.asarray(img_prob), kind="stable")[:k])
+
+
+def ensemble_cam(ens, images, indices, out_size, batch=16):
+    """The mean Grad-CAM of an ``Ensemble``'s CNNs for slices ``indices`` of ``images``
+    ({model input spec: uint8 (S, 3, H, W)}, as ``ens.read`` gives) -> float32 (len(indices), out, out)."""
+    indices = np.asarray(indices, dtype=np.int64)
+    total = np.zeros((len(indices), out_size, out_size), np.float32)
+    if not len(indices):
+        return total
+    for spec, emb, _ in ens.members:
+        total += cnn_cam(emb.model, images[spec][indices], out_size, batch)
+    return scale01(total / len(ens.members))
+
