@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from rsna_pe import cli
-from rsna_pe.distributed import pick_device
+from rsna_pe.runtime import pick_device
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_path, atomic_write_text
 from rsna_pe.labels import EXAM_LABELS
