@@ -14,7 +14,7 @@ from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
 from rsna_pe.images import conversion_params  # noqa: E402
 from rsna_pe.labels import LABELS  # noqa: E402
 from rsna_pe.runs import decisive_config, output_labels  # noqa: E402
-from rsna_pe.trainer import build_model  # noqa: E402
+from rsna_pe.tasks import build_model  # noqa: E402
 
 
 def add_model_args(p):

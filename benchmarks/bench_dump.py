@@ -25,7 +25,7 @@ from _common import CONFIG_DIR, add_model_args, fake_runs, paths, sync
 import dump_embeddings  # noqa: E402  (src/ is on the path via _common)
 from rsna_pe.checkpoint import load_model  # noqa: E402
 from rsna_pe import provenance  # noqa: E402
-from rsna_pe.distributed import pick_device  # noqa: E402
+from rsna_pe.runtime import pick_device  # noqa: E402
 from rsna_pe.images import NPZ_FORMAT, jpeg_params, read_npz_images  # noqa: E402
 from rsna_pe.io import atomic_savez  # noqa: E402
 

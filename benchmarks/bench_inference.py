@@ -25,7 +25,7 @@ from _common import add_model_args, fake_runs, sync
 from inference import predict_all  # noqa: E402
 from rsna_pe.checkpoint import load_model  # noqa: E402
 from rsna_pe.dicom import read_series_images  # noqa: E402
-from rsna_pe.distributed import pick_device  # noqa: E402
+from rsna_pe.runtime import pick_device  # noqa: E402
 from rsna_pe.metric import postprocess  # noqa: E402
 from rsna_pe.predict import Ensemble, series_dirs  # noqa: E402
 from rsna_pe.synthetic import generate  # noqa: E402

@@ -32,7 +32,7 @@ import torch  # noqa: E402
 
 from rsna_pe.cnn import SliceDataset, build_cnn, build_train_transform, load_slice  # noqa: E402
 from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
-from rsna_pe.trainer import _worker_init  # noqa: E402
+from rsna_pe.loaders import worker_init  # noqa: E402
 
 MODEL = dict(backbone="rexnet_200", pretrained=False, pool="gem", gem_p=3.0, gem_eps=1e-6,
              dropout=0.5, hidden=256)
@@ -255,7 +255,7 @@ def main(argv=None):
             res["loader"] = [
                 bench_loader("original", orig, a.batch, a.workers, nb),
                 bench_loader("ours, default threads", ours, a.batch, a.workers, nb, _seed_only),
-                bench_loader("ours", ours, a.batch, a.workers, nb, _worker_init),
+                bench_loader("ours", ours, a.batch, a.workers, nb, worker_init),
             ]
             print(f"\n(b) loader ({a.workers} workers, batch {a.batch}, {src}px JPEG -> {a.size}px)")
             print("    name                      img/s   start s  batch MiB")

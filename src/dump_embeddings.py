@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, distributed, paths, provenance, runs
+from rsna_pe import cli, paths, provenance, runs, runtime
 from rsna_pe.checkpoint import find_checkpoint, load
 from rsna_pe.config import save_config
 from rsna_pe.embed import Embedder
@@ -24,7 +24,6 @@ from rsna_pe.errors import PipelineError
 from rsna_pe.images import read_npz_images
 from rsna_pe.io import atomic_savez, read_csv
 from rsna_pe.model_input import resize_stack
-from rsna_pe.trainer import set_cpu_threads
 
 log = logging.getLogger("dump_embeddings")
 
@@ -54,11 +53,11 @@ def main(argv=None):
     ckpt = Path(cfg["ckpt_path"]) if cfg["ckpt_path"] else find_checkpoint(cfg["cnn_output"], run, fold)
     if not ckpt.is_file():
         raise PipelineError(f"{ckpt}: checkpoint not found")
-    d = distributed.init(cfg["device"])
+    d = runtime.init(cfg["device"])
     try:
         _dump(cfg, run, fold, ckpt, d)
     finally:
-        distributed.cleanup()
+        runtime.cleanup()
 
 
 def _guard(cfg, ckpt_path, ckpt, src_root, out):
@@ -72,7 +71,7 @@ def _guard(cfg, ckpt_path, ckpt, src_root, out):
 def _dump(cfg, run, fold, ckpt, d):
     rank, world, device = d.rank, d.world, d.device
     if device.type == "cpu":
-        set_cpu_threads(cfg["num_workers"], world)
+        runtime.set_cpu_threads(cfg["num_workers"], world)
     model, saved = load(ckpt, device="cpu")
     size = saved["config"]["dataset"]["size"]
 

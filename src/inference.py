@@ -19,14 +19,13 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, distributed, provenance, runs
+from rsna_pe import cli, provenance, runs, runtime
 from rsna_pe.bundle import load_ensemble
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.labels import ID_COLUMNS
 from rsna_pe.metric import to_submission, validate_submission
-from rsna_pe.trainer import set_cpu_threads
 from rsna_pe.predict import StudyReader, series_dirs
 
 log = logging.getLogger("inference")
@@ -81,16 +80,16 @@ def _not_written(out, why):
 
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv)
-    d = distributed.init(cfg["device"])
+    d = runtime.init(cfg["device"])
     try:
         return _infer(cfg, d)
     finally:
-        distributed.cleanup()
+        runtime.cleanup()
 
 
 def _infer(cfg, d):
     if d.device.type == "cpu":
-        set_cpu_threads(cfg["num_workers"], d.world)
+        runtime.set_cpu_threads(cfg["num_workers"], d.world)
     data = Path(cfg["data_dir"])
     df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
@@ -102,7 +101,7 @@ def _infer(cfg, d):
         return 0
     log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), d.device)
     results, errors = predict_all(ens, sorted(dirs)[d.rank::d.world], dirs, expected, cfg["num_workers"], d.rank)
-    gathered = distributed.gather_objects((results, errors), d)
+    gathered = runtime.gather_objects((results, errors), d)
     if not d.is_main:
         return 0
     results = {k: v for r, _ in gathered for k, v in r.items()}

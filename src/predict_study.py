@@ -23,7 +23,7 @@ from rsna_pe import cli
 from rsna_pe.bundle import load_ensemble
 from rsna_pe.cam import ensemble_cam, pick_slices
 from rsna_pe.dicom import read_series_images
-from rsna_pe.distributed import pick_device
+from rsna_pe.runtime import pick_device
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_write_text
 from rsna_pe.labels import EXAM_LABELS

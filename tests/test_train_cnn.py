@@ -23,7 +23,9 @@ from rsna_pe.cnn import GeM, CNNTask, build_cnn, build_train_transform, load_bac
 from rsna_pe.config import CONFIG_DIR, REPO_ROOT, load_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.losses import FocalLoss, build_loss
-from rsna_pe.trainer import Trainer, build_optimizer, build_scheduler, split_by_fold
+from rsna_pe.folds import split_by_fold
+from rsna_pe.optim import build_optimizer, build_scheduler
+from rsna_pe.trainer import Trainer
 from workspace import SUB_ENV
 
 @pytest.fixture(scope="module", autouse=True)
@@ -285,7 +287,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(
         "import sys, torch\n"
-        "from rsna_pe import distributed\n"
+        "from rsna_pe import runtime\n"
         "from rsna_pe.config import load_config\n"
         "from rsna_pe.trainer import Trainer\n"
         "finish = Trainer._finish\n"
@@ -295,9 +297,9 @@ def test_ddp_two_cpu_processes(data, tmp_path):
         "    finish(self)\n"
         "Trainer._finish = save_then_finish\n"
         "cfg = load_config(sys.argv[1], sys.argv[3:])\n"
-        "d = distributed.init('cpu')\n"
+        "d = runtime.init('cpu')\n"
         "Trainer(cfg, d).fit()\n"
-        "distributed.cleanup()\n")
+        "runtime.cleanup()\n")
     out = tmp_path / "out"
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node=2", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={_free_port()}", str(script),
@@ -383,7 +385,7 @@ def test_wandb_offline_logs_into_the_run_folder(data, tmp_path, monkeypatch):
 def test_cpu_threads_share_the_cores(monkeypatch):
     # cores - loader workers, split over local ranks; RSNA_PE_CORES (JOBS in the wrappers)
     # replaces the machine's core count; an explicit OMP_NUM_THREADS leaves torch alone.
-    from rsna_pe.trainer import set_cpu_threads
+    from rsna_pe.runtime import set_cpu_threads
     old = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

@@ -189,7 +189,7 @@ def _load_model(bundle, manifest, name, device):
     """-> (model in eval mode, its training config)."""
     from safetensors.torch import load
 
-    from .trainer import get_task, without_pretrained
+    from .tasks import get_task, without_pretrained
 
     path = Path(bundle) / f"{name}.json"
     entry = json.loads(read_verified(bundle, manifest, path.name))

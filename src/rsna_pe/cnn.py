@@ -15,12 +15,12 @@ import torch.nn as nn
 
 from . import labels, paths
 from .errors import PipelineError
-from .folds import read_fold_csv
+from .folds import read_fold_csv, split_by_fold
 from .images import jpeg_name, read_jpeg
 from .labels import IMAGE_LABEL
 from .losses import build_loss
 from .model_input import resize_slice
-from .trainer import Task, split_by_fold
+from .tasks import Task
 
 log = logging.getLogger(__name__)
 

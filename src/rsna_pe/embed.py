@@ -5,7 +5,7 @@ Used by stage 5 (dump_embeddings) and stage 7 (inference), so both run the backb
 import numpy as np
 import torch
 
-from .trainer import amp_settings, autocast
+from .runtime import amp_settings, autocast
 
 
 class Embedder:

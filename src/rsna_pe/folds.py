@@ -38,6 +38,13 @@ def split_mask(fold_ids, fold, k_fold):
     return np.isin(np.asarray(fold_ids), sorted(val_fold_ids(fold, k_fold)))
 
 
+def split_by_fold(df, fold, k_fold=3):
+    """(train rows, val rows) of a frame with a ``fold`` column (fold ids 0..14): the one split
+    both trainers use."""
+    val = split_mask(df["fold"], fold, k_fold)
+    return df[~val].reset_index(drop=True), df[val].reset_index(drop=True)
+
+
 def read_fold_csv(path, columns=()):
     """Stage 2's fold csv: ids, ``z_pos_order``, ``fold`` and the requested label ``columns``
     (only those are loaded: the real csv has 1.8 M rows)."""

@@ -18,10 +18,10 @@ from torch.utils.data import Dataset
 
 from . import labels, metric, paths
 from .errors import PipelineError
-from .folds import read_fold_csv, split_mask
+from .folds import read_fold_csv, split_by_fold
 from .io import atomic_to_csv, atomic_write_text
 from .labels import EXAM_LABELS, LABELS
-from .trainer import Task
+from .tasks import Task
 
 log = logging.getLogger(__name__)
 
@@ -278,12 +278,12 @@ class RNNTask(Task):
         if self._split is None:
             csv = paths.fold_csv(self.cfg["dataset"]["data_dir"], self.cfg["jpeg_size"])
             df = read_fold_csv(csv, LABELS)
-            is_val = split_mask(df["fold"], self.fold, self.k_fold)
-            train, val = _series_of(df[~is_val], csv), _series_of(df[is_val], csv)
+            train_df, val_df = split_by_fold(df, self.fold, self.k_fold)
+            train, val = _series_of(train_df, csv), _series_of(val_df, csv)
             if not train or not val:
                 raise PipelineError(f"{csv}: fold {self.fold} of {self.k_fold} "
                                     f"leaves {len(train)} training and {len(val)} validation series")
-            self._split = (train, val, metric.prior_prediction(df[~is_val], source=csv))
+            self._split = (train, val, metric.prior_prediction(train_df, source=csv))
         return self._split
 
     def datasets(self):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from . import distributed, provenance
+from . import provenance, runtime
 from . import labels as L  # read as L.LABELS at call time: the order is the code's, not an import's
 from .errors import PipelineError
 
@@ -47,7 +47,7 @@ def check_labels(recorded, expected, where, remedy):
 
 def output_labels(cfg):
     """The labels a network's outputs stand for, in order, as this code defines them."""
-    from .trainer import task_class
+    from .tasks import task_class
     return list(task_class(cfg).output_labels())
 
 
@@ -87,7 +87,7 @@ def run_record(cfg, run_dir):
     """A training run's record: decisive config, output label order, inputs (and their params:
     a CNN's JPEG settings, which inference reproduces; a head's dumped checkpoint hash, which
     inference checks against the CNN it is paired with)."""
-    from .trainer import task_class
+    from .tasks import task_class
     refs, params = input_records(task_class(cfg).input_sets(cfg), run_dir)
     return provenance.make(f"train_{cfg['network']}", {
         "config": decisive_config(cfg), "labels": output_labels(cfg), "input_params": params}, refs)
@@ -111,7 +111,7 @@ def on_main(d, fn):
             result = fn()
         except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
             error = e
-    result, message = distributed.broadcast_object((result, None if error is None else str(error)), d)
+    result, message = runtime.broadcast_object((result, None if error is None else str(error)), d)
     if error is not None:
         raise error
     if message is not None:

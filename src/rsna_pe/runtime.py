@@ -1,12 +1,17 @@
-"""Process-group set-up for ``torchrun`` runs; a plain ``python`` run is a group of one.
+"""The runtime every stage shares: device, CPU threads, precision, seeding and the process group.
+
+Process group: a plain ``python`` run is a group of one.
 
 ``torchrun --nproc_per_node=N`` sets RANK / WORLD_SIZE / LOCAL_RANK; we then use NCCL on
 GPUs and Gloo on CPUs. Only rank 0 writes files and logs metrics.
 """
+import contextlib
 import datetime
 import os
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
 
@@ -105,3 +110,64 @@ def mean_across(value, d):
                      device=d.device if d.device.type == "cuda" else "cpu")
     dist.all_reduce(t)
     return float(t.item()) / d.world
+
+
+# ----------------------------------------------------------------------------- threads, precision, seeds
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def amp_settings(amp, device):
+    """(autocast dtype or None, needs GradScaler): bf16 where the GPU has it, else fp16 with a
+    scaler; CPU trains in fp32."""
+    if not amp or device.type != "cuda":
+        return None, False
+    if torch.cuda.is_bf16_supported():
+        return torch.bfloat16, False
+    return torch.float16, True
+
+
+def autocast(device, dtype):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+def set_cpu_threads(num_workers, local_world=1):
+    """CPU training: share the cores between loader workers and the ranks on this machine.
+    OpenMP threads that outnumber free cores spin against each other (steps 10x slower).
+    RSNA_PE_CORES (set by the wrappers when JOBS runs share a machine) is this run's share of
+    the cores; an explicit OMP_NUM_THREADS wins over everything."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return
+    if os.environ.get("RSNA_PE_CORES", "").isdigit() and int(os.environ["RSNA_PE_CORES"]) > 0:
+        cores = int(os.environ["RSNA_PE_CORES"])
+    else:
+        try:
+            cores = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cores = os.cpu_count() or 1
+    torch.set_num_threads(max(1, (cores - num_workers) // max(1, local_world)))
+
+
+def rng_state():
+    np_state = np.random.get_state()
+    return {
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state() if torch.cuda.is_available() else None,
+        # plain types/tensors only, so torch.load(weights_only=True) accepts the checkpoint
+        "numpy": [torch.from_numpy(np_state[1].astype(np.int64)), *map(float, np_state[2:])],
+        "python": random.getstate(),
+    }
+
+
+def set_rng_state(s):
+    torch.set_rng_state(s["torch"])
+    if s.get("cuda") is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(s["cuda"])
+    keys, pos, has_gauss, gauss = s["numpy"]
+    np.random.set_state(("MT19937", keys.numpy().astype(np.uint32), int(pos), int(has_gauss), gauss))
+    v, internal, g = s["python"]
+    random.setstate((v, tuple(internal), g))
