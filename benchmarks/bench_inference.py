@@ -27,7 +27,7 @@ from rsna_pe.checkpoint import load_model  # noqa: E402
 from rsna_pe.dicom import read_series_images  # noqa: E402
 from rsna_pe.runtime import pick_device  # noqa: E402
 from rsna_pe.metric import postprocess  # noqa: E402
-from rsna_pe.predict import Ensemble, series_dirs  # noqa: E402
+from rsna_pe.ensemble import Ensemble, series_dirs  # noqa: E402
 from rsna_pe.synthetic import generate  # noqa: E402
 
 

@@ -93,7 +93,7 @@ def print_report(report):
                   "labels; only those are scored")
         if s["n_unmatched"]:
             print(f"note: {s['name']} has {s['n_unmatched']} rows matching no study of the labels (ignored)")
-    print("inconsistent = studies breaking a consistency rule (contract section 6)")
+    print("inconsistent = studies breaking a consistency rule (docs/score.md)")
 
     s = rows[-1]
     print(f"\nper label ({'cross-validation' if 'cross_validation' in report else s['name']}):")

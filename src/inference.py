@@ -26,7 +26,7 @@ from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.labels import ID_COLUMNS
 from rsna_pe.metric import to_submission, validate_submission
-from rsna_pe.predict import StudyReader, series_dirs
+from rsna_pe.ensemble import StudyReader, series_dirs
 
 log = logging.getLogger("inference")
 

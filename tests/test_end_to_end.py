@@ -20,7 +20,7 @@ from rsna_pe.images import jpeg_name, read_jpeg, read_npz_images
 from rsna_pe.labels import LABELS
 from rsna_pe.metric import consistency_violations, from_submission, validate_submission
 from rsna_pe.model_input import resize_stack
-from rsna_pe.predict import Ensemble
+from rsna_pe.ensemble import Ensemble
 from workspace import DEMO, SIZE, SMALL, infer as _infer
 
 

@@ -11,7 +11,7 @@ from rsna_pe import metric
 from rsna_pe.errors import PipelineError
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
 
-# The contract's weights, typed out here so a wrong weight or order in the code shows up.
+# The competition's weights (docs/score.md), typed out here so a wrong weight or order in the code shows up.
 W = dict(negative_exam_for_pe=0.0736196319, indeterminate=0.09202453988, chronic_pe=0.1042944785,
          acute_and_chronic_pe=0.1042944785, central_pe=0.1877300613, leftsided_pe=0.06257668712,
          rightsided_pe=0.06257668712, rv_lv_ratio_gte_1=0.2346625767, rv_lv_ratio_lt_1=0.0782208589)
@@ -20,7 +20,7 @@ K = {k: i for i, k in enumerate(EXAM_LABELS)}
 
 
 def bce(y, p):
-    p = min(max(p, 1e-15), 1 - 1e-15)  # the contract's clipping
+    p = min(max(p, 1e-15), 1 - 1e-15)  # the score's clipping
     return -(y * math.log(p) + (1 - y) * math.log(1 - p))
 
 
@@ -43,7 +43,7 @@ IMG_PRED = [np.array([0.9, 0.2, 0.6, 0.7]), np.array([0.1, 0.3])]
 
 
 def hand_score(exam_true, exam_pred, img_true, img_pred):
-    """The contract's formula, written out loop by loop."""
+    """The score's formula (docs/score.md), written out loop by loop."""
     num = den = 0.0
     for i in range(len(exam_true)):
         for k, label in enumerate(EXAM_LABELS):

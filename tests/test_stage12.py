@@ -9,7 +9,7 @@ from pydicom.uid import JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 import make_csv
 import make_image
 from rsna_pe import paths
-from rsna_pe.dicom import read_series_order, series_files, to_hu, _dcmread
+from rsna_pe.dicom import read_dataset, read_series_order, series_files, to_hu
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import list_series_jpegs, read_jpeg
 from rsna_pe.labels import TRAIN_COLUMNS
@@ -26,7 +26,7 @@ def _volume(n, size=32):
 
 
 def _hu_of(series_dir):
-    return {f.stem: to_hu(_dcmread(f, False), f) for f in series_files(series_dir)}
+    return {f.stem: to_hu(read_dataset(f), f) for f in series_files(series_dir)}
 
 
 def test_z_order_with_shuffled_files_and_instance_number_fallback(tmp_path, caplog):

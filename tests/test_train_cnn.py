@@ -293,7 +293,7 @@ def test_ddp_two_cpu_processes(data, tmp_path):
         "finish = Trainer._finish\n"
         "def save_then_finish(self):  # before rank 0 swaps in the best weights\n"
         "    torch.save({k: v.detach() for k, v in self.model.named_parameters()},\n"
-        "               f'{sys.argv[2]}/rank{self.d.rank}.pt')\n"
+        "               f'{sys.argv[2]}/rank{self.dist.rank}.pt')\n"
         "    finish(self)\n"
         "Trainer._finish = save_then_finish\n"
         "cfg = load_config(sys.argv[1], sys.argv[3:])\n"

@@ -234,7 +234,7 @@ def load(bundle, device="cpu"):
 
 def load_ensemble(cfg, device, compile=False):
     """The inference ensemble from ``cfg['bundle']`` if set, else from the run folders."""
-    from .predict import Ensemble, resolve_pairs
+    from .ensemble import Ensemble, resolve_pairs
 
     kw = dict(chunk=cfg["batch_size"], amp=cfg["amp"], channels_last=cfg["channels_last"],
               compile=compile, tta_flip=cfg["tta_flip"])

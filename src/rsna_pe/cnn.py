@@ -145,7 +145,7 @@ def build_cnn(mcfg):
 
 # ----------------------------------------------------------------------------- data
 def jpeg_path(root, study, series, z, sop):
-    """``<root>/<study>/<series>/<zzzz>_<SOP>.jpg`` (contract section 3)."""
+    """``<root>/<study>/<series>/<zzzz>_<SOP>.jpg`` (docs/layout.md)."""
     return f"{root}/{study}/{series}/{jpeg_name(int(z), sop)}"
 
 
@@ -156,7 +156,7 @@ def load_slice(path, size):
 
 
 def build_train_transform(acfg, size):
-    """The original's train augmentation (contract section 5), pixel sizes scaled to ``size``."""
+    """The original's train augmentation (docs/training.md), pixel sizes scaled to ``size``."""
     import albumentations as A
 
     s = size / REFERENCE_SIZE

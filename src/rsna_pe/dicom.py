@@ -82,7 +82,8 @@ def _quiet_hex_uids(fn):
 
 
 @_quiet_hex_uids
-def _dcmread(path, header_only):
+def read_dataset(path, header_only=False):
+    """One DICOM file (headers only if asked); an unreadable one is a one-line error naming it."""
     try:
         return pydicom.dcmread(path, stop_before_pixels=header_only)
     except Exception as e:  # pydicom raises many types for bad files
@@ -91,7 +92,7 @@ def _dcmread(path, header_only):
 
 @_quiet_hex_uids
 def slice_info(path, ds=None):
-    ds = ds if ds is not None else _dcmread(path, header_only=True)
+    ds = ds if ds is not None else read_dataset(path, header_only=True)
     ipp = ds.get("ImagePositionPatient")
     z = float(ipp[2]) if ipp is not None and len(ipp) == 3 else None
     inst = ds.get("InstanceNumber")
@@ -186,26 +187,27 @@ def hu_to_image(hu, size, bgr=False):
     return hu_to_rgb(hu, bgr=bgr)
 
 
-def read_slice_image(path, size):
-    """One file -> (SliceInfo, RGB image)."""
-    ds = _dcmread(path, header_only=False)
-    return slice_info(path, ds), hu_to_image(to_hu(ds, path), size)
+def windowed_slices(series_dir, sizes, bgr=False):
+    """Each file of a series, read and decoded once, in file order: yield (SliceInfo,
+    {size: uint8 (size, size, 3)}). Stage 1 (JPEGs) and stage 7 (inference) read DICOM through
+    this one loop; only 8-bit results are kept, never a float volume."""
+    for f in series_files(series_dir):
+        ds = read_dataset(f)
+        hu = to_hu(ds, f)
+        yield slice_info(f, ds), {s: hu_to_image(hu, s, bgr=bgr) for s in sizes}
 
 
 def read_series_images(series_dir, sizes):
     """A whole series -> (infos in z order, {size: uint8 RGB (S, 3, size, size)}).
 
     Each file is read and decoded once, whatever the number of sizes (models of different
-    input sizes share one decode); slices are windowed to uint8 as they are read, so memory
-    holds the 8-bit results only, never a float volume.
+    input sizes share one decode).
     """
     infos, imgs = [], {s: [] for s in sizes}
-    for f in series_files(series_dir):
-        ds = _dcmread(f, header_only=False)
-        infos.append(slice_info(f, ds))
-        hu = to_hu(ds, f)
+    for info, windowed in windowed_slices(series_dir, sizes):
+        infos.append(info)
         for s in sizes:
-            imgs[s].append(hu_to_image(hu, s).transpose(2, 0, 1))
+            imgs[s].append(windowed[s].transpose(2, 0, 1))
     order = series_order(infos, where=str(series_dir))
     pos = {id(i): k for k, i in enumerate(infos)}
     idx = [pos[id(i)] for i in order]

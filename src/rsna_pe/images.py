@@ -13,7 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from .dicom import DicomReadError, hu_to_image, series_files, series_order, slice_info, to_hu, _dcmread
+from .dicom import DicomReadError, series_order, windowed_slices
 from .io import atomic_dir
 
 # Bump when the pixels a conversion writes change (window formula, resize, codec settings):
@@ -68,12 +68,9 @@ def convert_series(series_dir, out_dir, size, quality=95, record=None):
     params = jpeg_params(quality)
     infos = []
     with atomic_dir(out_dir) as tmp:
-        for f in series_files(series_dir):
-            ds = _dcmread(f, header_only=False)
-            info = slice_info(f, ds)
-            bgr = hu_to_image(to_hu(ds, f), size, bgr=True)
-            if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr, params):
-                raise DicomReadError(tmp, f"cannot write JPEG for {f}")
+        for info, bgr in windowed_slices(series_dir, [size], bgr=True):
+            if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr[size], params):
+                raise DicomReadError(tmp, f"cannot write JPEG for {info.path}")
             infos.append(info)
         order = series_order(infos, where=str(series_dir))
         if len({i.sop for i in order}) != len(order):

@@ -56,3 +56,15 @@ def parse_exam_id(id_):
     """(study, label) of an exam id; None for any other id (an image's SOPInstanceUID)."""
     study, sep, label = str(id_).partition("_")
     return (study, label) if sep and study and label in EXAM_LABELS else None
+
+
+def study_series(df, source):
+    """Sorted (study, series) pairs of a frame with the id columns; one series per study is
+    expected (as in the competition data), else a one-line error naming ``source``."""
+    from .errors import PipelineError
+    pairs = df[["StudyInstanceUID", "SeriesInstanceUID"]].drop_duplicates().astype(str)
+    dup = pairs["StudyInstanceUID"].duplicated()
+    if dup.any():
+        raise PipelineError(f"{source}: study {pairs.loc[dup, 'StudyInstanceUID'].iloc[0]} has several "
+                            "series; one series per study is expected")
+    return sorted(map(tuple, pairs.to_numpy()))

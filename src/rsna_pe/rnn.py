@@ -1,4 +1,4 @@
-"""Stage 6: the LSTM head over a series' CNN embeddings (contract section 5).
+"""Stage 6: the LSTM head over a series' CNN embeddings (docs/training.md).
 
 ``RNNHead`` turns one series' per-slice embeddings (z order) into per-slice
 ``pe_present_on_image`` logits and the 9 exam logits. ``RNNTask`` plugs it into the shared
@@ -20,7 +20,7 @@ from . import labels, metric, paths
 from .errors import PipelineError
 from .folds import read_fold_csv, split_by_fold
 from .io import atomic_to_csv, atomic_write_text
-from .labels import EXAM_LABELS, LABELS
+from .labels import EXAM_LABELS, LABELS, study_series
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -245,16 +245,6 @@ def merge_outputs(outs):
     return rec
 
 
-def _series_of(df, source):
-    """Sorted (study, series) pairs of a fold csv part; one series per study is expected."""
-    pairs = df[["StudyInstanceUID", "SeriesInstanceUID"]].drop_duplicates().astype(str)
-    dup = pairs["StudyInstanceUID"].duplicated()
-    if dup.any():
-        raise PipelineError(f"{source}: study {pairs.loc[dup, 'StudyInstanceUID'].iloc[0]} has several "
-                            "series; one series per study is expected")
-    return sorted(map(tuple, pairs.to_numpy()))
-
-
 class RNNTask(Task):
     """The trainer's task for ``network: rnn`` (see trainer.py for the engine)."""
 
@@ -279,7 +269,7 @@ class RNNTask(Task):
             csv = paths.fold_csv(self.cfg["dataset"]["data_dir"], self.cfg["jpeg_size"])
             df = read_fold_csv(csv, LABELS)
             train_df, val_df = split_by_fold(df, self.fold, self.k_fold)
-            train, val = _series_of(train_df, csv), _series_of(val_df, csv)
+            train, val = study_series(train_df, csv), study_series(val_df, csv)
             if not train or not val:
                 raise PipelineError(f"{csv}: fold {self.fold} of {self.k_fold} "
                                     f"leaves {len(train)} training and {len(val)} validation series")
@@ -335,7 +325,7 @@ class RNNTask(Task):
         return loss, out
 
     def val_metrics(self, outs):
-        return evaluate(merge_outputs(outs))["metrics"]
+        return score_outputs(merge_outputs(outs))["metrics"]
 
     # -- after training
     @torch.no_grad()
@@ -353,16 +343,16 @@ class RNNTask(Task):
             # e.g. one rank's shard: an oof file must cover its whole validation fold
             raise PipelineError(f"{run_dir}: predicted {len(rec['study'])} of {len(expected)} "
                                 "validation studies")
-        ev = evaluate(rec)
+        scored = score_outputs(rec)
         run_dir = Path(run_dir)
-        atomic_to_csv(metric.to_submission(rec["study"], ev["exam_pp"], rec["sop"], ev["img_prob"]),
+        atomic_to_csv(metric.to_submission(rec["study"], scored["exam_pp"], rec["sop"], scored["img_prob"]),
                       run_dir / "oof.csv")
-        m = ev["metrics"]
+        m = scored["metrics"]
         scores = {"cnn_run": self.cnn_run, "fold": self.fold, "studies": len(rec["study"]),
                   "images": int(sum(len(s) for s in rec["sop"])), "val_loss": m["val_loss"],
                   "score": m["score"], "score_postprocessed": m["score_pp"],
-                  "per_label": _records(ev["per_label"]),
-                  "per_label_postprocessed": _records(ev["per_label_pp"])}
+                  "per_label": _records(scored["per_label"]),
+                  "per_label_postprocessed": _records(scored["per_label_pp"])}
         atomic_write_text(run_dir / "scores.json", json.dumps(scores, indent=2) + "\n")
         self.write_prior(run_dir)
         log.info("oof: %d studies, score %.5f (post-processed %.5f) -> %s",
@@ -373,7 +363,7 @@ class RNNTask(Task):
         atomic_write_text(Path(run_dir) / "prior.json", json.dumps(self.split()[2], indent=2) + "\n")
 
 
-def evaluate(rec):
+def score_outputs(rec):
     """Scores of merged outputs: ``metrics`` for the trainer's log (val_loss, the competition
     score raw and post-processed, per-label log loss), the probabilities, the post-processed
     exam probabilities and the per-label tables (raw and post-processed)."""

@@ -52,9 +52,9 @@ def _lr(optimizer):
 def train(cfg):
     """Train (or resume) the run ``cfg`` describes; works alone or under torchrun."""
     cfg = task_class(cfg).resolve_config(copy.deepcopy(cfg))
-    d = runtime.init(cfg["train"].get("device", "auto"))
+    dist = runtime.init(cfg["train"].get("device", "auto"))
     try:
-        return Trainer(cfg, d).fit()
+        return Trainer(cfg, dist).fit()
     finally:
         runtime.cleanup()
 
@@ -62,16 +62,16 @@ def train(cfg):
 class Trainer:
     """One run of one fold: check it, set it up (or resume it), train, finish."""
 
-    def __init__(self, cfg, d):
-        self.cfg, self.d, self.t = cfg, d, cfg["train"]
+    def __init__(self, cfg, dist):
+        self.cfg, self.dist, self.tcfg = cfg, dist, cfg["train"]
         fold = cfg["dataset"]["fold"]
         seeds = cfg.get("seeds") or [0]
         if not 0 <= fold < len(seeds):
             raise PipelineError(f"dataset.fold={fold} has no seed in seeds={seeds}")
         self.seed = int(seeds[fold])
         self.run = paths.run_dir(cfg["output_dir"], cfg["run_name"], fold)
-        self.device = d.device
-        self.keeper = CheckpointKeeper(self.run, self.t.get("save_top_k", 3))
+        self.device = dist.device
+        self.keeper = CheckpointKeeper(self.run, self.tcfg.get("save_top_k", 3))
 
     def fit(self):
         state = self._check_run()
@@ -87,7 +87,7 @@ class Trainer:
             del state
         self._wrap_model()
         self._save_run_config()
-        self.wandb = WandbRun(self.cfg, self.run, self.d.is_main)
+        self.wandb = WandbRun(self.cfg, self.run, self.dist.is_main)
         try:
             if not self.training_done:
                 self._train_loop()
@@ -100,32 +100,32 @@ class Trainer:
     def _check_run(self):
         """The rerun rule (stale inputs or settings stop here, or with overwrite start afresh);
         returns the state of ``last.ckpt`` to resume from, if any."""
-        self.record = runs.guard_run(self.cfg, self.run, self.d)
+        self.record = runs.guard_run(self.cfg, self.run, self.dist)
         return self.keeper.load_last()
 
     def _set_up_runtime(self):
         if self.device.type == "cpu":
-            set_cpu_threads(self.t.get("num_workers", 0),
-                            int(os.environ.get("LOCAL_WORLD_SIZE", self.d.world)))
+            set_cpu_threads(self.tcfg.get("num_workers", 0),
+                            int(os.environ.get("LOCAL_WORLD_SIZE", self.dist.world)))
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
-        seed_everything(self.seed + self.d.rank)  # DDP copies rank 0's initial weights to all
+        seed_everything(self.seed + self.dist.rank)  # DDP copies rank 0's initial weights to all
 
     def _build_task(self, resuming):
         # Resuming: the checkpoint's weights replace pretrained ones, so don't fetch them.
         self.task = get_task(without_pretrained(self.cfg) if resuming else self.cfg)
         self.model = self.task.build_model().to(self.device)
-        if self.t.get("channels_last", False):
+        if self.tcfg.get("channels_last", False):
             self.model = self.model.to(memory_format=torch.channels_last)
         train_ds, val_ds = self.task.datasets()
         self.saved_cfg = dict(self.cfg, extra_state=_plain(self.task.extra_state()))
         self._loaders(train_ds, val_ds)
 
     def _build_optimizer(self):
-        self.epochs = self.t["epochs"]
+        self.epochs = self.tcfg["epochs"]
         self.optimizer = build_optimizer(self.cfg["optimizer"], self.model.parameters())
         self.scheduler = build_scheduler(self.cfg["scheduler"], self.optimizer, self.epochs)
-        self.amp_dtype, use_scaler = amp_settings(self.t.get("amp", False), self.device)
+        self.amp_dtype, use_scaler = amp_settings(self.tcfg.get("amp", False), self.device)
         self.scaler = torch.amp.GradScaler("cuda") if use_scaler else None
 
     def _start_counters(self):
@@ -145,10 +145,10 @@ class Trainer:
         self.keeper.restore(state)
         self.last_metrics = state["metrics"]
         self.training_done = state["training_done"]
-        if self.d.is_main:
+        if self.dist.is_main:
             runtime.set_rng_state(state["rng"])
         else:
-            seed_everything(self.seed + self.d.rank + 7919 * self.step)
+            seed_everything(self.seed + self.dist.rank + 7919 * self.step)
         metrics_csv = self.run / "metrics.csv"
         if metrics_csv.is_file():  # rows past the checkpoint belong to the lost segment
             self.rows = [r for r in pd.read_csv(metrics_csv).to_dict("records") if r["step"] <= self.step]
@@ -158,36 +158,36 @@ class Trainer:
     def _wrap_model(self):
         """DDP and compile wrap the training model; validation runs the plain (or compiled) one."""
         self.train_model, self.ddp = self.model, None
-        if self.d.enabled:
+        if self.dist.enabled:
             from torch.nn.parallel import DistributedDataParallel as DDP
             self.ddp = self.train_model = DDP(self.model, device_ids=[self.device.index]
                                               if self.device.type == "cuda" else None)
         self.eval_model = self.model
-        if self.t.get("compile", False):
+        if self.tcfg.get("compile", False):
             self.train_model = torch.compile(self.train_model)
             self.eval_model = torch.compile(self.model)
 
     def _save_run_config(self):
-        if self.d.is_main:
+        if self.dist.is_main:
             self.run.mkdir(parents=True, exist_ok=True)
             save_config(self.saved_cfg, self.run / "config.yaml")
 
     def _loaders(self, train_ds, val_ds):
-        t, d = self.t, self.d
-        nw = t.get("num_workers", 0)
+        tcfg, dist = self.tcfg, self.dist
+        nw = tcfg.get("num_workers", 0)
         pin = self.device.type == "cuda"
         collate = self.task.collate_fn
-        self.sampler = ResumableSampler(train_ds, num_replicas=d.world, rank=d.rank, shuffle=True,
+        self.sampler = ResumableSampler(train_ds, num_replicas=dist.world, rank=dist.rank, shuffle=True,
                                         seed=self.seed, drop_last=False)
-        if len(self.sampler) < t["batch_size"]:
+        if len(self.sampler) < tcfg["batch_size"]:
             raise PipelineError(f"train set of {len(train_ds)} items is smaller than "
-                                f"train.batch_size={t['batch_size']} x {d.world} processes")
+                                f"train.batch_size={tcfg['batch_size']} x {dist.world} processes")
         # drop_last: a last batch of 1 would break BatchNorm, and DDP ranks must agree on count.
-        seed = self.seed * 1000 + d.rank
-        self.train_loader = make_loader(train_ds, t["batch_size"], self.sampler, nw, collate, pin,
+        seed = self.seed * 1000 + dist.rank
+        self.train_loader = make_loader(train_ds, tcfg["batch_size"], self.sampler, nw, collate, pin,
                                         True, seed)
-        vbs = t.get("val_batch_size") or t["batch_size"]
-        self.val_loader = make_loader(val_ds, vbs, ShardSampler(len(val_ds), d.rank, d.world),
+        vbs = tcfg.get("val_batch_size") or tcfg["batch_size"]
+        self.val_loader = make_loader(val_ds, vbs, ShardSampler(len(val_ds), dist.rank, dist.world),
                                       nw, collate, pin, False, seed + 500)
         self.val_ds = val_ds
 
@@ -208,32 +208,32 @@ class Trainer:
     # -- loop
     def _plan(self):
         """Batches per epoch and the optimizer steps (within an epoch) after which to validate."""
-        accum = max(1, self.t.get("accum_steps", 1))
+        accum = max(1, self.tcfg.get("accum_steps", 1))
         n_batches = len(self.train_loader)  # sampler.skip is 0 here: a whole epoch
         steps = math.ceil(n_batches / accum)
-        cap = self.t.get("max_steps_per_epoch", 0)
+        cap = self.tcfg.get("max_steps_per_epoch", 0)
         if cap:
             steps = min(steps, cap)
-        n_val = max(1, self.t.get("val_per_epoch", 1))
+        n_val = max(1, self.tcfg.get("val_per_epoch", 1))
         val_at = sorted({math.ceil(k * steps / n_val) for k in range(1, n_val + 1)})
         return accum, min(n_batches, steps * accum), val_at
 
     def _train_loop(self):
         from tqdm import tqdm
 
-        d, t = self.d, self.t
+        dist, tcfg = self.dist, self.tcfg
         self.sampler.skip = 0
         accum, n_batches, val_at = self._plan()
-        log_every = t.get("log_every", 50)
+        log_every = tcfg.get("log_every", 50)
         loss_sum, loss_n = torch.zeros((), device=self.device), 0
         for epoch in range(self.next_epoch, self.epochs):
             self.epoch = epoch
             start = self.next_batch if epoch == self.next_epoch else 0
             self.sampler.set_epoch(epoch)
-            self.sampler.skip = start * t["batch_size"]
+            self.sampler.skip = start * tcfg["batch_size"]
             self.train_model.train()
             it = iter(self.train_loader)
-            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch}", disable=not d.is_main,
+            bar = tqdm(total=n_batches, initial=start, desc=f"epoch {epoch}", disable=not dist.is_main,
                        dynamic_ncols=True, mininterval=2.0)
             t0 = time.time()
             for b in range(start, n_batches):
@@ -252,11 +252,11 @@ class Trainer:
                 if not group_end:
                     continue
                 self._optimizer_step()
-                if log_every and self.step % log_every == 0 and d.is_main:
+                if log_every and self.step % log_every == 0 and dist.is_main:
                     bar.set_postfix(loss=f"{loss.item():.4f}", lr=f"{_lr(self.optimizer):.2e}")
                     self.wandb.log({"train/loss_step": loss.item(), "lr": _lr(self.optimizer)}, self.step)
                 if math.ceil((b + 1) / accum) in val_at:
-                    train_loss = runtime.mean_across((loss_sum / max(loss_n, 1)).item(), d)
+                    train_loss = runtime.mean_across((loss_sum / max(loss_n, 1)).item(), dist)
                     loss_sum.zero_()
                     loss_n = 0
                     self._validate_and_save(train_loss, end=b + 1 == n_batches, batch=b + 1,
@@ -267,7 +267,7 @@ class Trainer:
         self.training_done = True
 
     def _optimizer_step(self):
-        clip = self.t.get("clip_grad", 0)
+        clip = self.tcfg.get("clip_grad", 0)
         if self.scaler is not None:
             if clip:
                 self.scaler.unscale_(self.optimizer)
@@ -284,19 +284,19 @@ class Trainer:
     @torch.no_grad()
     def _evaluate(self):
         """Run the val set (each rank its shard), gather outputs, metrics on rank 0 -> all."""
-        runtime.broadcast_buffers(self.model, self.d)
+        runtime.broadcast_buffers(self.model, self.dist)
         self.eval_model.eval()
         outs = []
         for batch in self.val_loader:
             with autocast(self.device, self.amp_dtype):
                 _, out = self.task.step(self.eval_model, batch, self.device)
             outs.append(out)
-        every = runtime.gather_objects(outs, self.d)
+        every = runtime.gather_objects(outs, self.dist)
         metrics = None
-        if self.d.is_main:
+        if self.dist.is_main:
             metrics = {k: float(v) for k, v in
                        self.task.val_metrics([o for outs_r in every for o in outs_r]).items()}
-        return runtime.broadcast_object(metrics, self.d)
+        return runtime.broadcast_object(metrics, self.dist)
 
     def _validate_and_save(self, train_loss, end, batch, seconds):
         lr = _lr(self.optimizer)
@@ -312,7 +312,7 @@ class Trainer:
         row = dict(epoch=self.epoch, step=self.step, lr=lr, train_loss=train_loss, **metrics,
                    seconds=round(seconds, 1))
         self.last_metrics = row
-        if self.d.is_main:
+        if self.dist.is_main:
             self.rows.append(row)
             atomic_to_csv(pd.DataFrame(self.rows), self.run / "metrics.csv")
             name = f"epoch{self.epoch:02d}-step{self.step:07d}.ckpt"
@@ -323,13 +323,13 @@ class Trainer:
             log.info("epoch %d step %d: %s", self.epoch, self.step,
                      " ".join(f"{k}={v:.4g}" for k, v in row.items()
                               if isinstance(v, float) and k not in ("seconds",)))
-        runtime.barrier(self.d)
+        runtime.barrier(self.dist)
 
     def _finish(self):
         """Task's final step with the best weights (rank 0), then mark the run finished."""
         # Final weights per rank: DDP ranks must agree (compared by tests and people).
-        log.info("rank %d parameters sha256 %s", self.d.rank, runs.weights_digest(self.model.named_parameters()))
-        if self.d.is_main:
+        log.info("rank %d parameters sha256 %s", self.dist.rank, runs.weights_digest(self.model.named_parameters()))
+        if self.dist.is_main:
             best = self.keeper.best()
             if best is not None:
                 self.model.load_state_dict(best["model"])
@@ -340,4 +340,4 @@ class Trainer:
             self.finished = True
             self.keeper.mark_finished()
             log.info("finished %s (best val_loss %.4f)", self.run, self.keeper.best_loss)
-        runtime.barrier(self.d)
+        runtime.barrier(self.dist)

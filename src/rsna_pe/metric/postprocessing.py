@@ -39,7 +39,7 @@ def _fix_negative(out, neg):
 
 
 def postprocess(exam_pred, img_pred):
-    """The original's post-processing (contract section 6); returns a new (N, 9) array.
+    """The original's post-processing (docs/score.md); returns a new (N, 9) array.
 
     Positive studies (max image probability > 0.5): negative_exam_for_pe and indeterminate
     capped at 0.499; if chronic and acute_and_chronic are both > 0.5 the smaller becomes 0.499;

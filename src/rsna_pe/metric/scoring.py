@@ -29,7 +29,7 @@ def _image_q(img_true_flat, lengths):
 
 
 def weighted_log_loss(exam_true, exam_pred, img_true, img_pred):
-    """The competition score (lower is better), contract section 6.
+    """The competition score (lower is better); see docs/score.md.
 
     ``(sum_i sum_k w_k BCE_ik + sum_i sum_j w q_i BCE_ij) / (sum_i sum_k w_k + sum_i n_i w q_i)``
     with q_i the fraction of positive images of study i, so negative studies add no image term.

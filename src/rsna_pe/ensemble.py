@@ -15,7 +15,7 @@ from .checkpoint import find_checkpoint, load
 from .dicom import read_series_images
 from .embed import Embedder
 from .errors import PipelineError
-from .labels import EXAM_LABELS, IMAGE_LABEL
+from .labels import EXAM_LABELS, IMAGE_LABEL, study_series
 from .metric import postprocess
 from .model_input import from_windows
 from .runs import check_pair, checkpoint_sha256, jpeg_settings
@@ -119,14 +119,9 @@ class Ensemble:
         return postprocess(exam, [img])[0], img
 
 
-def series_dirs(root, df):
+def series_dirs(root, df, source="test.csv"):
     """{study: its series folder} from a test.csv-layout frame (one series per study)."""
-    pairs = df[["StudyInstanceUID", "SeriesInstanceUID"]].drop_duplicates()
-    dup = pairs["StudyInstanceUID"].duplicated()
-    if dup.any():
-        raise PipelineError(f"study {pairs.loc[dup, 'StudyInstanceUID'].iloc[0]} has several series; "
-                            "one series per study is expected")
-    return {s: Path(root) / s / r for s, r in pairs.values}
+    return {study: Path(root) / study / series for study, series in study_series(df, source)}
 
 
 
