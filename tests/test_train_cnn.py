@@ -29,14 +29,9 @@ from rsna_pe.trainer import Trainer
 from workspace import SUB_ENV
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """One OpenMP thread (the trainer honours OMP_NUM_THREADS): fast and repeatable here."""
-    old = torch.get_num_threads()
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("OMP_NUM_THREADS", "1")
-        torch.set_num_threads(1)
-        yield
-    torch.set_num_threads(old)
+def _one_thread(one_thread):
+    """One OpenMP thread (conftest's one_thread): fast and repeatable here."""
+    yield
 
 
 @pytest.fixture(scope="module")
