@@ -1,9 +1,10 @@
 """Stage 6: the LSTM head over a series' CNN embeddings (docs/training.md).
 
-``RNNHead`` (or, on ``model.head``, a GRU stack or heads.TransformerHead) turns one series' per-slice embeddings (z order) into per-slice
-``pe_present_on_image`` logits and the 9 exam logits. ``RNNTask`` plugs it into the shared
-trainer: datasets over the dumped embeddings of one CNN run and fold, the loss, validation
-metrics, and the out-of-fold predictions written after training.
+``RNNHead`` turns one series' per-slice embeddings (z order) into per-slice
+``pe_present_on_image`` logits and the 9 exam logits; ``model.head`` may swap its LSTMs for
+GRUs or the whole stack for heads.TransformerHead (options, off by default). ``RNNTask`` plugs
+it into the shared trainer: datasets over the dumped embeddings of one CNN run and fold, the
+loss, validation metrics, and the out-of-fold predictions written after training.
 """
 import json
 import logging
