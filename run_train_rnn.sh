@@ -7,7 +7,7 @@
 #   CONFIGS=DIR     config root (default: the repo's configs/); uses DIR/train_rnn/rexnet200_{bce,focal}.yml
 #   NPROC=N         processes per run; N > 1 runs DDP through torchrun
 #   JOBS=N          runs at once (default 1); on a CPU machine each gets cores/JOBS threads
-#   FOLDS="0 1 2"   VARIANTS="bce focal"   subsets
+#   FOLDS="0 1 2"   VARIANTS="bce focal"   subsets (head options: VARIANTS="bce_gru bce_transformer bce_metricloss")
 #   PY=python       interpreter (default: the repo's .venv, else python3)
 # A finished run is skipped and an interrupted one resumes, so rerunning is safe.
 set -euo pipefail

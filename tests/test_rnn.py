@@ -12,7 +12,7 @@ from rsna_pe import paths, provenance
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_savez
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
-from rsna_pe.rnn import RNNHead, RNNTask, collate, rnn_loss
+from rsna_pe.rnn import RNNHead, RNNTask, build_rnn, collate, rnn_loss
 
 DIM = 8  # tiny embeddings: the head takes input_dim from the config
 
@@ -35,10 +35,15 @@ def tiny_model(dropout=0.5, dtype=torch.float64, impl="auto"):
 
 # ----------------------------------------------------------------------------- model
 
-@pytest.mark.parametrize("impl", ["packed", "layered"])
+@pytest.mark.parametrize("head,impl", [("lstm", "packed"), ("lstm", "layered"), ("gru", "packed"),
+                                       ("gru", "layered"), ("transformer", "auto")])
+@pytest.mark.parametrize("diff", [False, True])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
-def test_series_alone_equals_series_in_padded_batch(dtype, tol, impl):
-    model = tiny_model(dtype=dtype, impl=impl).eval()
+def test_series_alone_equals_series_in_padded_batch(dtype, tol, head, impl, diff):
+    torch.manual_seed(0)
+    model = build_rnn({"head": head, "input_dim": DIM, "hidden": 6, "layers": 3, "impl": impl,
+                       "neighbour_diff": diff, "transformer": {"width": 8, "layers": 2, "heads": 2, "ff": 16},
+                       }).to(dtype).eval()
     lengths = torch.tensor([5, 9, 3, 1])  # unsorted on purpose, and a one-slice series
     g = torch.Generator().manual_seed(1)
     emb = torch.randn(4, 9, DIM, generator=g, dtype=dtype)

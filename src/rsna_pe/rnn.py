@@ -1,9 +1,10 @@
 """Stage 6: the LSTM head over a series' CNN embeddings (docs/training.md).
 
 ``RNNHead`` turns one series' per-slice embeddings (z order) into per-slice
-``pe_present_on_image`` logits and the 9 exam logits. ``RNNTask`` plugs it into the shared
-trainer: datasets over the dumped embeddings of one CNN run and fold, the loss, validation
-metrics, and the out-of-fold predictions written after training.
+``pe_present_on_image`` logits and the 9 exam logits; ``model.head`` may swap its LSTMs for
+GRUs or the whole stack for heads.TransformerHead (options, off by default). ``RNNTask`` plugs
+it into the shared trainer: datasets over the dumped embeddings of one CNN run and fold, the
+loss, validation metrics, and the out-of-fold predictions written after training.
 """
 import json
 import logging
@@ -19,6 +20,7 @@ from torch.utils.data import Dataset
 from . import labels, metric, paths
 from .errors import PipelineError
 from .folds import read_fold_csv, split_by_fold
+from .heads import attend, build_transformer, metric_loss, neighbour_diff, slice_mask
 from .io import atomic_to_csv, atomic_write_text
 from .labels import EXAM_LABELS, LABELS, study_series
 from .tasks import Task
@@ -40,7 +42,9 @@ def reverse_within(x, lengths):
 
 
 class RNNHead(nn.Module):
-    """Two stacked bidirectional LSTMs, a per-slice head and an attention-pooled exam head.
+    """Two stacked bidirectional LSTMs (GRUs with ``cell='gru'``), a per-slice head and an
+    attention-pooled exam head. ``neighbour_diff`` feeds each slice's features with their
+    differences to its neighbours (3x the input width, heads.neighbour_diff).
 
     ``forward(emb (B, S, D), lengths (B,)) -> (image_logits (B, S), exam_logits (B, 9))``.
     A series' outputs do not depend on what it is batched with: no LSTM step reads padding
@@ -55,19 +59,22 @@ class RNNHead(nn.Module):
     """
 
     IMPLS = ("auto", "packed", "layered")
+    CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
-    def __init__(self, input_dim=2560, hidden=128, layers=3, dropout=0.5, impl="auto"):
+    def __init__(self, input_dim=2560, hidden=128, layers=3, dropout=0.5, impl="auto", cell="lstm",
+                 neighbour_diff=False):
         super().__init__()
         if impl not in self.IMPLS:
             raise PipelineError(f"model.impl '{impl}': choose from {', '.join(self.IMPLS)}")
         width = 2 * hidden  # bidirectional outputs, 256 in the recipe
+        self.cell = self.CELLS[cell]
 
         def lstm(n_in):
-            return nn.LSTM(n_in, hidden, num_layers=layers, bias=False, batch_first=True,
-                           bidirectional=True, dropout=dropout if layers > 1 else 0.0)
+            return self.cell(n_in, hidden, num_layers=layers, bias=False, batch_first=True,
+                             bidirectional=True, dropout=dropout if layers > 1 else 0.0)
 
-        self.input_dim, self.impl = input_dim, impl
-        self.lstm1 = lstm(input_dim)
+        self.input_dim, self.impl, self.neighbour_diff = input_dim, impl, neighbour_diff
+        self.lstm1 = lstm(input_dim * (3 if neighbour_diff else 1))
         self.lstm2 = lstm(width)
         self.image_head = nn.Sequential(
             nn.Linear(width, width, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
@@ -77,14 +84,9 @@ class RNNHead(nn.Module):
         self.exam_head = nn.Sequential(
             nn.Linear(width, width, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(width, N_EXAM, bias=False))
-        self._templates = {}  # weightless one-layer LSTMs that run one layer of lstm1/lstm2
+        self._templates = {}  # weightless one-layer LSTMs/GRUs that run one layer of lstm1/lstm2
 
-    @staticmethod
-    def _attend(score_layer, out, mask):
-        """Softmax over the real slices only, then the weighted sum of ``out``."""
-        scores = score_layer(out).squeeze(-1).masked_fill(~mask, float("-inf"))
-        weights = torch.softmax(scores, dim=1)
-        return torch.bmm(weights.unsqueeze(1), out).squeeze(1)
+    _attend = staticmethod(attend)
 
     def _one_layer(self, lstm, layer, suffix, x):
         """One direction of one layer of ``lstm`` on a padded batch, with that layer's weights."""
@@ -92,13 +94,13 @@ class RNNHead(nn.Module):
         w_hh = getattr(lstm, f"weight_hh_l{layer}{suffix}")
         key = (w_ih.shape[1], w_ih.dtype)
         if key not in self._templates:
-            self._templates[key] = nn.LSTM(w_ih.shape[1], lstm.hidden_size, bias=False, batch_first=True,
-                                           device="meta", dtype=w_ih.dtype)
+            self._templates[key] = self.cell(w_ih.shape[1], lstm.hidden_size, bias=False, batch_first=True,
+                                             device="meta", dtype=w_ih.dtype)
         return torch.func.functional_call(self._templates[key], {"weight_ih_l0": w_ih, "weight_hh_l0": w_hh},
                                           (x,))[0]
 
     def _layered(self, lstm, x, lengths):
-        """``lstm`` (bidirectional, no bias) over a right-padded batch, as if packed."""
+        """``lstm`` (bidirectional LSTM or GRU, no bias) over a right-padded batch, as if packed."""
         for layer in range(lstm.num_layers):
             if layer:
                 x = F.dropout(x, lstm.dropout, self.training)
@@ -129,24 +131,28 @@ class RNNHead(nn.Module):
     def forward(self, emb, lengths):
         lengths = torch.as_tensor(lengths, dtype=torch.int64, device=emb.device)
         mask = slice_mask(lengths, emb.shape[1])
+        if self.neighbour_diff:
+            emb = neighbour_diff(emb, lengths)
         o1, o2 = self._run_lstms(emb, lengths, mask)
         image_logits = self.image_head(o1 + o2).squeeze(-1)
         pooled = self._attend(self.attention1, o1, mask) + self._attend(self.attention2, o2, mask)
         return image_logits, self.exam_head(pooled)
 
 
+HEADS = ("lstm", "gru", "transformer")
+
+
 def build_rnn(model_cfg):
-    """The head from a config's ``model`` block."""
+    """The head from a config's ``model`` block: ``head`` lstm (the recipe), gru or transformer."""
     m = dict(model_cfg)
-    return RNNHead(input_dim=int(m.get("input_dim", 2560)), hidden=int(m.get("hidden", 128)),
-                   layers=int(m.get("layers", 3)), dropout=float(m.get("dropout", 0.5)),
-                   impl=str(m.get("impl", "auto")))
-
-
-def slice_mask(lengths, steps, device=None):
-    """(B, steps) bool, True at real slices."""
-    lengths = torch.as_tensor(lengths, device=device)
-    return torch.arange(steps, device=lengths.device)[None, :] < lengths[:, None]
+    head, diff = str(m.get("head", "lstm")), bool(m.get("neighbour_diff", False))
+    input_dim, dropout = int(m.get("input_dim", 2560)), float(m.get("dropout", 0.5))
+    if head not in HEADS:
+        raise PipelineError(f"model.head '{head}': choose from {', '.join(HEADS)}")
+    if head == "transformer":
+        return build_transformer(m, input_dim, dropout, diff)
+    return RNNHead(input_dim=input_dim, hidden=int(m.get("hidden", 128)), layers=int(m.get("layers", 3)),
+                   dropout=dropout, impl=str(m.get("impl", "auto")), cell=head, neighbour_diff=diff)
 
 
 def rnn_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):
@@ -155,6 +161,10 @@ def rnn_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):
     image = F.binary_cross_entropy_with_logits(image_logits[mask].float(), image_labels[mask].float())
     exam = F.binary_cross_entropy_with_logits(exam_logits.float(), exam_labels.float())
     return (image + exam) / 2
+
+
+# bce: the recipe's mean of the two BCEs; metric: the competition's weighted log loss
+LOSSES = {"bce": rnn_loss, "metric": metric_loss}
 
 
 # ----------------------------------------------------------------------------- data
@@ -258,9 +268,10 @@ class RNNTask(Task):
         self.dump = paths.dump_dir(ds["dump_root"], self.cnn_run, self.fold)
         self._split = None
         loss = (cfg.get("loss") or {}).get("name", "bce")
-        if loss != "bce":  # the head's loss is fixed by the recipe; a typo must not pass silently
-            raise PipelineError(f"loss.name '{loss}': the LSTM head trains with bce only "
+        if loss not in LOSSES:  # a typo must not pass silently
+            raise PipelineError(f"loss.name '{loss}': the LSTM head trains with {' or '.join(LOSSES)} "
                                 "(the CNN run, dataset.cnn_run, carries the focal/bce choice)")
+        self.loss_fn = LOSSES[loss]
 
     # -- data
     def split(self):
@@ -312,7 +323,7 @@ class RNNTask(Task):
         image_labels = batch["image_labels"].to(device, non_blocking=True)
         exam_labels = batch["exam_labels"].to(device, non_blocking=True)
         image_logits, exam_logits = model(emb, lengths)
-        loss = rnn_loss(image_logits, exam_logits, image_labels, exam_labels, lengths)
+        loss = self.loss_fn(image_logits, exam_logits, image_labels, exam_labels, lengths)
         if model.training:  # the engine only reads `out` in validation
             return loss, {}
         img = image_logits.detach().float().cpu().numpy()
