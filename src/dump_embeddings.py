@@ -101,13 +101,20 @@ def _dump(cfg, run, fold, ckpt, d):
 
 def _embed_all(emb, items):
     """Embed and save every loaded series; on a GPU consecutive series share one pass
-    (``emb.group`` slices, rsna_pe.embed), each series' embeddings still saved on their own.
-    Returns the load errors."""
-    errors, batch = [], []
+    (``emb.group`` slices, rsna_pe.embed), each series' embeddings still saved on their own,
+    and a pass's files are written while the GPU runs the next one. Returns the load errors."""
+    errors, batch, pending = [], [], []
+
+    def save():
+        series, finish = pending.pop()
+        for (dst, labels, sop), feats in zip(series, finish()):
+            atomic_savez(dst, embeddings=feats, labels=labels, sop=sop)
 
     def flush():
-        for (dst, _, labels, sop), feats in zip(batch, emb.run_many([b[1] for b in batch])):
-            atomic_savez(dst, embeddings=feats, labels=labels, sop=sop)
+        finish = emb.start_many([imgs for _, imgs, _, _ in batch])
+        if pending:
+            save()
+        pending.append(([(dst, labels, sop) for dst, _, labels, sop in batch], finish))
         batch.clear()
 
     for dst, imgs, labels, sop, err in items:
@@ -120,6 +127,8 @@ def _embed_all(emb, items):
             flush()
     if batch:
         flush()
+    if pending:
+        save()
     return errors
 
 

@@ -79,3 +79,22 @@ def test_series_sharing_one_pass_get_their_own_features(model):
         np.testing.assert_allclose(a, ref, **TOL)
         assert isinstance(b, torch.Tensor) and b.device == CPU
         np.testing.assert_allclose(b.numpy(), ref, **TOL)
+
+
+def test_dump_saves_each_series_of_a_shared_pass(model, tmp_path):
+    """Stage 5's loop with padded chunks and series sharing passes (GPU behaviour, forced on a
+    CPU): every series' file holds its own embeddings; a series that failed to load is skipped."""
+    import dump_embeddings
+
+    emb = Embedder(model, CPU, chunk=2, amp=False, pad=True)
+    emb.group = 6  # a pass every 6 slices or more: passes of several series, and a last short one
+    stacks = {f"s{i}": _stack(n, 20 + i) for i, n in enumerate((3, 1, 4, 2, 5))}
+    items = [(tmp_path / f"{k}.npz", x, np.full((len(x), 10), i, np.float32), np.arange(len(x)).astype(str), None)
+             for i, (k, x) in enumerate(stacks.items())]
+    items.insert(2, (tmp_path / "bad.npz", None, None, None, "bad.npz: unreadable"))
+    assert dump_embeddings._embed_all(emb, items) == ["bad.npz: unreadable"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{k}.npz" for k in stacks]
+    for i, (k, x) in enumerate(stacks.items()):
+        with np.load(tmp_path / f"{k}.npz") as z:
+            np.testing.assert_allclose(z["embeddings"], Embedder(model, CPU, chunk=1, amp=False).run(x), **TOL)
+            assert (z["labels"] == i).all() and list(z["sop"]) == [str(j) for j in range(len(x))]

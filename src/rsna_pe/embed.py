@@ -60,7 +60,10 @@ class Embedder:
         out = torch.empty((sum(len(s) for s in stacks), *first.shape[1:]), dtype=first.dtype, device=self.device)
         start = 0
         for s in stacks:
-            out[start:start + len(s)].copy_(self.to_device(s))
+            s = torch.as_tensor(s)
+            cuda_from_host = self.device.type == "cuda" and s.device.type == "cpu"
+            out[start:start + len(s)].copy_(s.pin_memory() if cuda_from_host and not s.is_pinned() else s,
+                                            non_blocking=cuda_from_host)
             start += len(s)
         return out
 
@@ -101,7 +104,23 @@ class Embedder:
 
     def run_many(self, stacks):
         """[uint8 (S_i, 3, H, W)] -> [float32 numpy (S_i, D)]: one pass, one copy to the host."""
-        feats = self.embed(self.stack_on_device(stacks)).cpu().numpy()
-        if len(stacks) == 1:
-            return [feats]
-        return np.split(feats, np.cumsum([len(s) for s in stacks])[:-1])
+        return self.start_many(stacks)()
+
+    def start_many(self, stacks):
+        """``run_many`` without waiting: queues the pass and the copy of its embeddings to the
+        host, and returns the function that waits for them and returns the list. Meanwhile the
+        host can save the previous pass and gather the next one while the GPU works."""
+        feats = self.embed(self.stack_on_device(stacks))
+        lengths = [len(s) for s in stacks]
+        done = None
+        if self.device.type == "cuda":
+            feats = feats.to("cpu", non_blocking=True)  # into pinned memory
+            done = torch.cuda.Event()
+            done.record()
+
+        def finish():
+            if done is not None:
+                done.synchronize()
+            out = feats.cpu().numpy()
+            return np.split(out, np.cumsum(lengths)[:-1]) if len(lengths) > 1 else [out]
+        return finish
