@@ -17,6 +17,7 @@ W=${WORKERS:-$(( $(nproc) > 12 ? 12 : $(nproc) ))}
 
 if [[ -n "${SMALL:-}" ]]; then
   DEV=cpu; SCALE=3  # a busy CPU gets three times the GPU limits
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}  # spinning threads on a busy CPU stall every step
   CEIL=(--size 64 --batches 4,8 --steps 2)
   RNN=(--input-dim 64 --hidden 16 --batch 4 --max-len 60 --min-len 20)
   CNN=(--size 64 --batch 4 --steps 2 --warmup 1 --images 32 --jpeg-size 64 --workers 2)
