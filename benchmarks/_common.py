@@ -19,10 +19,12 @@ from rsna_pe.tasks import build_model  # noqa: E402
 
 def add_model_args(p):
     """The options the stage 5 and 7 benchmarks share: how the CNN runs and what reads ahead."""
-    p.add_argument("--chunk", type=int, default=256, help="slices per CNN forward")
+    p.add_argument("--chunk", type=int, default=128, help="slices per CNN forward")
     p.add_argument("--workers", type=int, default=4, help="DataLoader workers reading ahead")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda")
-    p.add_argument("--compile", action="store_true", help="also torch.compile (warm-up apart)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile (warm-up apart); else the configs' compile: auto, off at this size")
+    p.add_argument("--ceiling-steps", type=int, default=10, help="timed batches of the plain forward")
 
 
 def sync(device):
@@ -55,3 +57,28 @@ def _save(model, cfg, run, **input_params):
         "config": decisive_config(cfg), "labels": output_labels(cfg), "input_params": input_params})
     torch.save({"config": cfg, "record": record, "model": model.state_dict()}, run / "best.ckpt")
     return run / "best.ckpt"
+
+
+def fake_pairs(out, size, n_pairs=6):
+    """[(cnn best.ckpt, rnn best.ckpt)] of the first ``n_pairs`` of the six (variant x fold)."""
+    combos = [(v, k) for v in ("rexnet200_bce", "rexnet200_focal") for k in (0, 1, 2)][:n_pairs]
+    pairs = []
+    for v, k in combos:
+        cnn_out, rnn_out = fake_runs(out, size, variants=(v,), folds=(k,))
+        pairs.append((paths.run_dir(cnn_out, v, k) / "best.ckpt", paths.run_dir(rnn_out, v, k) / "best.ckpt"))
+    return pairs
+
+
+def fake_test_set(root, n_studies, slices, size):
+    """Synthetic test DICOM studies of ``slices`` slices each (uncompressed, ``size`` matrix):
+    (studies sorted, {study: series folder}, {study: [SOP ids]})."""
+    import pandas as pd
+    from rsna_pe.ensemble import series_dirs
+    from rsna_pe.synthetic import generate
+
+    generate(Path(root), n_train=0, n_test=n_studies, slices=(slices, slices), matrix=size,
+             compressed_fraction=0.0, odd_matrix_fraction=0.0)
+    test = pd.read_csv(Path(root) / "test.csv", dtype=str)
+    dirs = series_dirs(Path(root) / "test", test)
+    expected = test.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
+    return sorted(dirs), dirs, expected

@@ -4,11 +4,15 @@
     python benchmarks/bench_dump.py --compile                # + torch.compile (warm-up reported apart)
     python benchmarks/bench_dump.py --size 64 --series 4 --slices 60 --device cpu   # smoke run
 
+Ends with ``dump: R slices/s = P% of ceiling C``: C is the plain forward (benchmarks/ceiling.py)
+at the same batch size and precision.
+
 Both ways run in this process on the same npz files and the same checkpoint:
   original: one series at a time, np.load, float32 NCHW on the device, fp32 forward, save;
             no overlap between reading and compute;
   ours:     src/dump_embeddings.py's main(): DataLoader workers read ahead, uint8 to the
-            device, channels_last, bf16/fp16 autocast on GPU, optional compile.
+            device, channels_last, bf16/fp16 autocast on GPU, fixed-size chunks over
+            consecutive series, compile per the config (auto: off at this size) or --compile.
 """
 import argparse
 import shutil
@@ -21,6 +25,7 @@ import numpy as np
 import torch
 
 from _common import CONFIG_DIR, add_model_args, fake_runs, paths, sync
+from ceiling import forward_rate, report
 
 import dump_embeddings  # noqa: E402  (src/ is on the path via _common)
 from rsna_pe.checkpoint import load_model  # noqa: E402
@@ -92,7 +97,7 @@ def main():
                 dump_embeddings.main(["-c", str(CONFIG_DIR / "dump_embeddings" / "rexnet200_bce.yml"),
                                       f"jpeg_size={args.size}", f"ckpt_path={ckpt}", f"dump_root={root}",
                                       f"batch_size={args.chunk}", f"num_workers={args.workers}",
-                                      f"device={device.type}", f"compile={str(args.compile).lower()}"])
+                                      f"device={device.type}", f"compile={'true' if args.compile else 'auto'}"])
                 sync(device)
                 return time.perf_counter() - t
             finally:
@@ -108,6 +113,9 @@ def main():
         print(f"original way : {n / t_orig:8.1f} slices/s")
         print(f"dump_embeddings: {n / t_ours:8.1f} slices/s  ({t_orig / t_ours:.2f}x)   "
               f"first run incl. warm-up/compile: {t_warm:.1f} s")
+        ceiling = forward_rate(device, args.size, args.chunk, compile=args.compile, steps=args.ceiling_steps)
+        report("dump" + (" +compile" if args.compile else ""), n / t_ours, ceiling,
+               extra=f" (plain forward, batch {args.chunk}); {t_orig / t_ours:.2f}x the original's way")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -8,8 +8,12 @@ Same generated DICOM studies, same six randomly initialised pairs, one process:
   original: one study at a time, read, then per pair fp32 NCHW CNN in chunks and the LSTM,
             no overlap between decoding and model work;
   ours:     inference.py's loop: DataLoader workers decode the next studies while the models
-            run, uint8 to the device, channels_last, bf16/fp16 autocast, optional compile.
+            run, uint8 to the device, channels_last, bf16/fp16 autocast, on GPU fixed-size
+            chunks over consecutive studies and everything on the device until the
+            probabilities; compile only with --compile (the config's auto is off at this size).
 A warm-up pass over two studies (compile, cudnn autotune) is timed apart from the steady rate.
+Ends with ``inference: R slices/s = P% of ceiling C``: C is the plain forward rate
+(benchmarks/ceiling.py, same batch size and precision) divided by the number of pairs.
 """
 import argparse
 import shutil
@@ -20,15 +24,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from _common import add_model_args, fake_runs, sync
+from _common import add_model_args, fake_pairs, fake_test_set, sync
+from ceiling import forward_rate, report
 
 from inference import predict_all  # noqa: E402
 from rsna_pe.checkpoint import load_model  # noqa: E402
 from rsna_pe.dicom import read_series_images  # noqa: E402
 from rsna_pe.runtime import pick_device  # noqa: E402
 from rsna_pe.metric import postprocess  # noqa: E402
-from rsna_pe.ensemble import Ensemble, series_dirs  # noqa: E402
-from rsna_pe.synthetic import generate  # noqa: E402
+from rsna_pe.ensemble import Ensemble  # noqa: E402
 
 
 @torch.inference_mode()
@@ -54,24 +58,17 @@ def main():
     p.add_argument("--size", type=int, default=512, help="CNN input and DICOM matrix size")
     p.add_argument("--studies", type=int, default=8)
     p.add_argument("--slices", type=int, default=200)
+    p.add_argument("--pairs", type=int, default=6, help="CNN + LSTM pairs (the recipe has six)")
     add_model_args(p)
     args = p.parse_args()
     device = pick_device(args.device)
     tmp = Path(tempfile.mkdtemp(prefix="bench_inference_"))
     try:
-        data = generate(tmp / "data", n_train=0, n_test=args.studies + 2, slices=(args.slices, args.slices),
-                        matrix=args.size, compressed_fraction=0.0, odd_matrix_fraction=0.0)
-        import pandas as pd
-        test = pd.read_csv(tmp / "data" / "test.csv", dtype=str)
-        dirs = series_dirs(tmp / "data" / "test", test)
-        expected = test.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
-        studies = sorted(dirs)
+        studies, dirs, expected = fake_test_set(tmp / "data", args.studies + 2, args.slices, args.size)
         warm, main_set = studies[:2], studies[2:]
-        cnn_out, rnn_out = fake_runs(tmp / "output", args.size)
-        pairs = [(cnn_out / v / f"fold_{k}" / "best.ckpt", rnn_out / v / f"fold_{k}" / "best.ckpt")
-                 for v in ("rexnet200_bce", "rexnet200_focal") for k in range(3)]
+        pairs = fake_pairs(tmp / "output", args.size, args.pairs)
         n = sum(len(expected[s]) for s in main_set)
-        print(f"{n} slices ({len(main_set)} studies) at {args.size} px, 6 pairs, on {device}; data {data.root}")
+        print(f"{n} slices ({len(main_set)} studies) at {args.size} px, {len(pairs)} pairs, on {device}")
 
         original(pairs, warm[:1], dirs, args.size, device, args.chunk)  # warm-up
         t = time.perf_counter()
@@ -91,6 +88,12 @@ def main():
         print(f"original way: {n / t_orig:8.1f} slices/s")
         print(f"inference   : {n / t_ours:8.1f} slices/s steady ({t_orig / t_ours:.2f}x); "
               f"warm-up pass (2 studies{', compile' if args.compile else ''}): {t_warm:.1f} s")
+        # Each slice goes through every pair's CNN once (TTA off): the ceiling is the plain
+        # forward rate shared by the pairs.
+        ceiling = forward_rate(device, args.size, args.chunk, compile=args.compile, steps=args.ceiling_steps)
+        report("inference" + (" +compile" if args.compile else ""), n / t_ours, ceiling / len(pairs),
+               extra=f" (plain forward, batch {args.chunk}, / {len(pairs)} pairs); "
+                     f"{t_orig / t_ours:.2f}x the original's way")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -3,8 +3,11 @@
 (a) One process, one device, random data, the same rexnet_200 + GeM + head:
     original: float32 NCHW batch copied to the device, fp16 autocast + GradScaler, no compile;
     ours:     uint8 NHWC batch copied to the device, channels_last, bf16 autocast where the GPU
-              has it (else fp16 + scaler), optional torch.compile.
-    Both include the host->device copy from pinned memory, as a real step does.
+              has it (else fp16 + scaler); timed without and, where the recipe's
+              train.compile resolves to on (auto: CUDA) or with --compile, with torch.compile.
+    Both include the host->device copy from pinned memory, as a real step does. Each of ours
+    also times its ceiling, the same model's forward+backward on a batch already on the
+    device; the last line is the recipe's row: ``train_cnn: R img/s = P% of ceiling C``.
 (b) JPEG decode + train augmentation + collation with N DataLoader workers, ours (uint8, one
     thread per worker) vs the original's (float32 CHW per image, library default threads);
     plus a single-process per-image breakdown (where the loader time goes).
@@ -25,6 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import sync  # noqa: E402
+from ceiling import MODEL, report, train_rate  # noqa: E402
 
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
@@ -33,10 +37,7 @@ import torch  # noqa: E402
 from rsna_pe.cnn import SliceDataset, build_cnn, build_train_transform, load_slice  # noqa: E402
 from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
 from rsna_pe.loaders import worker_init  # noqa: E402
-
-MODEL = dict(backbone="rexnet_200", pretrained=False, pool="gem", gem_p=3.0, gem_eps=1e-6,
-             dropout=0.5, hidden=256)
-
+from rsna_pe.runtime import resolve_compile  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- (a) steps
@@ -89,8 +90,31 @@ def bench_step(kind, device, size, batch, steps, warmup, compile_):
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     name = kind + (" +compile" if compile_ else "")
-    return dict(name=name, dtype=str(dtype).replace("torch.", "") if dtype else "float32",
-                steps_per_s=steps / dt, img_per_s=steps * batch / dt, warmup_s=t1 - t0, peak_gib=mem)
+    out = dict(name=name, dtype=str(dtype).replace("torch.", "") if dtype else "float32",
+               steps_per_s=steps / dt, img_per_s=steps * batch / dt, warmup_s=t1 - t0, peak_gib=mem)
+    if kind != "original":  # the same (compiled) model's forward+backward on a batch already there
+        x = host.to(device).permute(0, 3, 1, 2)
+        out["ceiling_img_per_s"] = train_rate(fwd, x, labels.to(device), dtype, steps=steps, warmup=1)
+    return out
+
+
+def bench_steps(a, dev, res):
+    """(a): the original's step, ours, and ours compiled when the recipe (or --compile) says so;
+    ends with the recipe's row against its ceiling."""
+    recipe = load_config(CONFIG_DIR / "train_cnn" / "_base.yml")["train"]["compile"]
+    compiled = a.compile or resolve_compile(recipe, dev.type)
+    runs = [("original", False), ("ours", False)] + ([("ours", True)] if compiled else [])
+    res["step"] = [bench_step(k, dev, a.size, a.batch, a.steps, a.warmup, c) for k, c in runs]
+    base = res["step"][0]["steps_per_s"]
+    print("\n(a) training step        dtype     steps/s    img/s  speed-up  warm-up s  peak GiB  ceiling img/s")
+    for r in res["step"]:
+        r["speedup"] = r["steps_per_s"] / base
+        print(f"    {r['name']:<20} {r['dtype']:<8} {r['steps_per_s']:8.2f} {r['img_per_s']:8.1f} "
+              f"{r['speedup']:8.2f}x {r['warmup_s']:9.1f} {r['peak_gib']:9.2f} {r.get('ceiling_img_per_s', 0):12.1f}")
+    # The recipe's defaults: compiled where train.compile resolves to on.
+    r = res["step"][2] if resolve_compile(recipe, dev.type) else res["step"][1]
+    report("train_cnn" + (" +compile" if "compile" in r["name"] else ""), r["img_per_s"], r["ceiling_img_per_s"],
+           unit="img/s", extra=f" (forward+backward, batch {a.batch}); {r['speedup']:.2f}x the original's step")
 
 
 # ----------------------------------------------------------------------------- (b) loader
@@ -207,7 +231,8 @@ def main(argv=None):
     p.add_argument("--batch", type=int, default=32)
     p.add_argument("--steps", type=int, default=30, help="timed steps (after warm-up)")
     p.add_argument("--warmup", type=int, default=5)
-    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile")
+    p.add_argument("--compile", action="store_true", help="also time ours with torch.compile (on by "
+                   "default where the recipe's train.compile resolves to on: auto = on for CUDA)")
     p.add_argument("--workers", type=int, default=min(16, os.cpu_count() or 1))
     p.add_argument("--images", type=int, default=1024, help="JPEGs to write for (b)")
     p.add_argument("--jpeg-size", type=int, default=512, help="size of those JPEGs")
@@ -227,14 +252,7 @@ def main(argv=None):
           f"{res['cores']} cores")
 
     if not a.skip_step:
-        runs = [("original", False), ("ours", False)] + ([("ours", True)] if a.compile else [])
-        res["step"] = [bench_step(k, dev, a.size, a.batch, a.steps, a.warmup, c) for k, c in runs]
-        base = res["step"][0]["steps_per_s"]
-        print("\n(a) training step        dtype     steps/s    img/s  speed-up  warm-up s  peak GiB")
-        for r in res["step"]:
-            r["speedup"] = r["steps_per_s"] / base
-            print(f"    {r['name']:<20} {r['dtype']:<8} {r['steps_per_s']:8.2f} {r['img_per_s']:8.1f} "
-                  f"{r['speedup']:8.2f}x {r['warmup_s']:9.1f} {r['peak_gib']:9.2f}")
+        bench_steps(a, dev, res)
 
     if not a.skip_loader:
         aug = load_config(CONFIG_DIR / "train_cnn" / "_base.yml")["augment"]

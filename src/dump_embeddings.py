@@ -83,25 +83,53 @@ def _dump(cfg, run, fold, ckpt, d):
     if missing:
         raise PipelineError(f"{missing[0]}: npz not found ({len(missing)} missing; run make_npz.py)")
     runs.on_main(d, lambda: _guard(cfg, ckpt, saved, src_root, out))
-    todo = [(paths.series_file(src_root, *k), paths.series_file(out, *k)) for k in keys[rank::world]]
-    todo = [t for t in todo if not t[1].is_file()]
-    log.info("rank %d: %d series to embed with %s (input %d px) on %s -> %s",
-             rank, len(todo), ckpt, size, device, out)
-
+    todo = [k for k in keys[rank::world] if not paths.series_file(out, *k).is_file()]
+    n_slices = int(df.groupby(["StudyInstanceUID", "SeriesInstanceUID"]).size().reindex(todo).sum())
+    compile_ = runtime.resolve_compile(cfg["compile"], device.type, n_slices, cfg["compile_min_slices"])
+    log.info("rank %d: %d series (%d slices) to embed with %s (input %d px) on %s%s -> %s",
+             rank, len(todo), n_slices, ckpt, size, device, ", compiled" if compile_ else "", out)
     emb = Embedder(model, device, chunk=cfg["batch_size"], amp=cfg["amp"],
-                   channels_last=cfg["channels_last"], compile=cfg["compile"])
-    loader = torch.utils.data.DataLoader(_SeriesNpz(todo, size), batch_size=None, shuffle=False,
-                                         num_workers=cfg["num_workers"], prefetch_factor=2 if cfg["num_workers"] else None)
-    errors = []
-    for dst, imgs, labels, sop, err in tqdm(loader, desc=f"dump {run} fold {fold}", unit="series",
-                                            disable=rank > 0):
+                   channels_last=cfg["channels_last"], compile=compile_)
+    items = [(paths.series_file(src_root, *k), paths.series_file(out, *k)) for k in todo]
+    loader = torch.utils.data.DataLoader(_SeriesNpz(items, size), batch_size=None, shuffle=False,
+                                         num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
+                                         prefetch_factor=4 if cfg["num_workers"] else None)
+    errors = _embed_all(emb, tqdm(loader, desc=f"dump {run} fold {fold}", unit="series", disable=rank > 0))
+    if errors:
+        raise PipelineError(f"{len(errors)} series failed, first {errors[0]}")
+
+
+def _embed_all(emb, items):
+    """Embed and save every loaded series; on a GPU consecutive series share one pass
+    (``emb.group`` slices, rsna_pe.embed), each series' embeddings still saved on their own,
+    and a pass's files are written while the GPU runs the next one. Returns the load errors."""
+    errors, batch, pending = [], [], []
+
+    def save():
+        series, finish = pending.pop()
+        for (dst, labels, sop), feats in zip(series, finish()):
+            atomic_savez(dst, embeddings=feats, labels=labels, sop=sop)
+
+    def flush():
+        finish = emb.start_many([imgs for _, imgs, _, _ in batch])
+        if pending:
+            save()
+        pending.append(([(dst, labels, sop) for dst, _, labels, sop in batch], finish))
+        batch.clear()
+
+    for dst, imgs, labels, sop, err in items:
         if err:
             log.warning(err)
             errors.append(err)
             continue
-        atomic_savez(dst, embeddings=emb.run(imgs), labels=labels, sop=sop)
-    if errors:
-        raise PipelineError(f"{len(errors)} series failed, first {errors[0]}")
+        batch.append((dst, imgs, labels, sop))
+        if sum(len(b[1]) for b in batch) >= emb.group:
+            flush()
+    if batch:
+        flush()
+    if pending:
+        save()
+    return errors
 
 
 if __name__ == "__main__":

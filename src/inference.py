@@ -32,10 +32,20 @@ log = logging.getLogger("inference")
 
 
 def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
-    """{study: (sops, exam (9,), image (S,))} and [(study, reason)] for studies read from disk."""
+    """{study: (sops, exam (9,), image (S,))} and [(study, reason)] for studies read from disk.
+    Workers decode the next studies while the models run; on a GPU consecutive studies go
+    through the models together (``ens.group`` slices at a time, rsna_pe.embed)."""
+    cuda = ens.device.type == "cuda"
     loader = torch.utils.data.DataLoader(StudyReader(studies, dirs, ens.read), batch_size=None,
-                                         num_workers=num_workers)
-    results, errors = {}, []
+                                         num_workers=num_workers, pin_memory=cuda,
+                                         prefetch_factor=4 if num_workers else None)
+    results, errors, batch = {}, [], []
+
+    def flush():
+        for item, (exam, img) in zip(batch, ens.predict_many([b["images"] for b in batch])):
+            results[item["study"]] = (item["sops"], exam, img)
+        batch.clear()
+
     for item in tqdm(loader, desc="inference", unit="study", disable=rank > 0):
         study, err = item["study"], item["error"]
         if err is None and sorted(item["sops"]) != sorted(expected[study]):
@@ -44,8 +54,12 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
             log.warning("study %s: %s; using the label prior", study, err)
             errors.append((study, err))
             results[study] = (expected[study], *ens.prior_prediction(len(expected[study])))
-        else:
-            results[study] = (item["sops"], *ens.predict(item["images"]))
+            continue
+        batch.append(item)
+        if sum(len(b["sops"]) for b in batch) >= ens.group:
+            flush()
+    if batch:
+        flush()
     return results, errors
 
 
@@ -95,12 +109,16 @@ def _infer(cfg, d):
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
     dirs = series_dirs(data / cfg["split"], df)
     out = Path(cfg["output_dir"])
-    ens = load_ensemble(cfg, d.device, compile=cfg["compile"])
+    mine = sorted(dirs)[d.rank::d.world]
+    n_slices = sum(len(expected[s]) for s in mine)
+    compile_ = runtime.resolve_compile(cfg["compile"], d.device.type, n_slices, cfg["compile_min_slices"])
+    ens = load_ensemble(cfg, d.device, compile=compile_)
     if runs.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out)):
         log.info("%s is up to date", out / "submission.csv")
         return 0
-    log.info("%d studies, %d images, %d model pairs on %s", len(dirs), len(df), len(ens.members), d.device)
-    results, errors = predict_all(ens, sorted(dirs)[d.rank::d.world], dirs, expected, cfg["num_workers"], d.rank)
+    log.info("%d studies, %d images, %d model pairs on %s%s", len(dirs), len(df), len(ens.members), d.device,
+             ", compiled" if compile_ else "")
+    results, errors = predict_all(ens, mine, dirs, expected, cfg["num_workers"], d.rank)
     gathered = runtime.gather_objects((results, errors), d)
     if not d.is_main:
         return 0

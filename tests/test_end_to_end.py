@@ -13,14 +13,16 @@ import torch
 
 import dump_embeddings
 import predict_study
+from inference import predict_all
 from rsna_pe import paths
 from rsna_pe.checkpoint import find_checkpoint, load_model
+from rsna_pe.embed import GROUP_CHUNKS
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import jpeg_name, read_jpeg, read_npz_images
 from rsna_pe.labels import LABELS
 from rsna_pe.metric import consistency_violations, from_submission, validate_submission
 from rsna_pe.model_input import resize_stack
-from rsna_pe.ensemble import Ensemble
+from rsna_pe.ensemble import Ensemble, series_dirs
 from workspace import DEMO, SIZE, SMALL, infer as _infer
 
 
@@ -105,6 +107,54 @@ def test_corrupt_study_is_logged_and_filled_with_prior(ws, tmp_path):
     with pytest.raises(PipelineError, match="unreadable.*no .*submission.csv written"):
         _infer(f"data_dir={data}", f"output_dir={tmp_path / 'out2'}", "on_error=fail")
     assert (tmp_path / "out2" / "errors.csv").is_file() and not (tmp_path / "out2" / "submission.csv").exists()
+
+
+def _numpy_round_trip(ens, images):
+    """The previous stage 7 computation: per pair, the CNN's features of the whole study to the
+    host and back into the head, each pair's probabilities copied on their own."""
+    out = []
+    with torch.inference_mode():
+        for spec, emb, rnn in ens.members:
+            feats = torch.from_numpy(emb.model.features(torch.from_numpy(images[spec])).numpy())[None]
+            img_logit, exam_logit = rnn(feats, torch.tensor([feats.shape[1]]))
+            out.append((torch.sigmoid(img_logit[0]).numpy(), torch.sigmoid(exam_logit[0]).numpy()))
+    return out
+
+
+def _pad_like_a_gpu(ens, chunk):
+    """The GPU path on a CPU: fixed-size chunks, consecutive studies in one pass."""
+    for _, emb, _ in ens.members:
+        emb.chunk, emb.pad, emb.group = chunk, True, GROUP_CHUNKS * chunk
+
+
+def test_device_path_matches_the_numpy_round_trip(ws):
+    """Both pairs (32 and 24 px inputs), three studies of 4-6 slices: the probabilities of the
+    on-device path, one study at a time or several in one pass, with and without padded chunks,
+    equal the previous computation's."""
+    pairs = [(find_checkpoint("output/train_cnn", r, 0), find_checkpoint("output/train_rnn", r, 0))
+             for r in ("rexnet200_bce", "rexnet200_focal")]
+    test = pd.read_csv("data/test.csv", dtype=str)
+    dirs = series_dirs(ws / "data" / "test", test)
+    expected = test.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
+    ens = Ensemble(pairs, torch.device("cpu"), chunk=64, amp=False)
+    studies = [ens.read(dirs[s])[1] for s in sorted(dirs)]
+    want = [_numpy_round_trip(ens, images) for images in studies]
+    plain = predict_all(ens, sorted(dirs), dirs, expected, 0)[0]
+    for chunk in (None, 1, 4, 64):
+        if chunk:
+            _pad_like_a_gpu(ens, chunk)
+        got = [ens.member_outputs(images) for images in studies], ens.member_outputs_many(studies)
+        for outs in got:
+            for study_got, study_want in zip(outs, want):
+                for (img, exam), (img_w, exam_w) in zip(study_got, study_want):
+                    np.testing.assert_allclose(img, img_w, rtol=1e-5, atol=1e-6)
+                    np.testing.assert_allclose(exam, exam_w, rtol=1e-5, atol=1e-6)
+        grouped, errors = predict_all(ens, sorted(dirs), dirs, expected, 0)
+        assert not errors and grouped.keys() == plain.keys()
+        for s in plain:
+            assert list(grouped[s][0]) == list(plain[s][0])
+            np.testing.assert_allclose(grouped[s][1], plain[s][1], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(grouped[s][2], plain[s][2], rtol=1e-5, atol=1e-6)
 
 
 def test_predict_study_writes_json_and_png(ws, tmp_path, capsys):

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.nn.utils.rnn import pad_sequence
 
 from .checkpoint import find_checkpoint, load
 from .dicom import read_series_images
-from .embed import Embedder
+from .embed import Embedder, to_device
 from .errors import PipelineError
 from .labels import EXAM_LABELS, IMAGE_LABEL, study_series
 from .metric import postprocess
@@ -90,27 +91,55 @@ class Ensemble:
         infos, windowed = read_series_images(series_dir, sorted({j for j, _, _ in self.specs}))
         return infos, {(j, q, n): from_windows(windowed[j], q or None, n) for j, q, n in self.specs}
 
+    @property
+    def group(self):
+        """Slices of consecutive studies to run as one pass (0: one study at a time), see
+        rsna_pe.embed."""
+        return self.members[0][1].group
+
     @torch.inference_mode()
+    def member_outputs_many(self, studies):
+        """[{spec: uint8 (S, 3, H, W)}] -> per study, per pair (image probabilities (S,), exam
+        probabilities (9,)), before post-processing. Everything stays on the device: each CNN
+        embeds the studies' slices in one pass, its head takes them as a padded batch, and the
+        probabilities of all pairs come to the host in one copy."""
+        lengths = [len(next(iter(images.values()))) for images in studies]
+        # One host-to-device copy per model input, shared by all the models that take it.
+        emb0 = self.members[0][1]
+        on_device = {spec: emb0.stack_on_device([images[spec] for images in studies]) for spec in self.specs}
+        lens = to_device(torch.tensor(lengths, dtype=torch.int64), self.device)
+        img_probs, exam_probs = [], []
+        for spec, emb, rnn in self.members:
+            feats = emb.embed(on_device[spec]).split(lengths)
+            img_logit, exam_logit = rnn(pad_sequence(feats, batch_first=True), lens)
+            img_probs.append(torch.sigmoid(img_logit.float()))
+            exam_probs.append(torch.sigmoid(exam_logit.float()))
+        img, exam = torch.stack(img_probs, 1), torch.stack(exam_probs, 1)  # (B, pairs, S max), (B, pairs, 9)
+        host = torch.cat([img.flatten(), exam.flatten()]).cpu().numpy()
+        img, exam = host[:img.numel()].reshape(img.shape), host[img.numel():].reshape(exam.shape)
+        return [[(img[b, m, :n], exam[b, m]) for m in range(len(self.members))] for b, n in enumerate(lengths)]
+
     def member_outputs(self, images):
         """{spec: uint8 (S, 3, H, W)} -> per pair (image probabilities (S,), exam probabilities
         (9,)), before post-processing."""
-        # One host-to-device copy per model input, shared by all the models that take it.
-        on_device = {spec: self.members[0][1].to_device(images[spec]) for spec in self.specs}
-        out = []
-        for spec, emb, rnn in self.members:
-            feats = torch.from_numpy(emb.run(on_device[spec])).to(self.device)[None]
-            img_logit, exam_logit = rnn(feats, torch.tensor([feats.shape[1]]))
-            out.append((torch.sigmoid(img_logit[0].float()).cpu().numpy(),
-                        torch.sigmoid(exam_logit[0].float()).cpu().numpy()))
-        return out
+        return self.member_outputs_many([images])[0]
+
+    @staticmethod
+    def _combine(outs):
+        """Per pair (image, exam) -> (exam (9,), image (S,)): each pair post-processed,
+        averaged, post-processed again."""
+        exams = [postprocess(exam[None], [img])[0] for img, exam in outs]
+        img = np.mean([img for img, _ in outs], axis=0)
+        return postprocess(np.mean(exams, axis=0)[None], [img])[0], img
 
     def predict(self, images):
         """{spec: uint8 (S, 3, H, W)} -> (exam probabilities (9,), image probabilities (S,)):
         each pair post-processed, averaged, post-processed again."""
-        outs = self.member_outputs(images)
-        exams = [postprocess(exam[None], [img])[0] for img, exam in outs]
-        img = np.mean([img for img, _ in outs], axis=0)
-        return postprocess(np.mean(exams, axis=0)[None], [img])[0], img
+        return self._combine(self.member_outputs(images))
+
+    def predict_many(self, studies):
+        """[{spec: uint8 (S, 3, H, W)}] -> [(exam (9,), image (S,))] as ``predict``, in one pass."""
+        return [self._combine(outs) for outs in self.member_outputs_many(studies)]
 
     def prior_prediction(self, n_images):
         """The fallback for an unreadable study: every label at its training mean, made consistent."""

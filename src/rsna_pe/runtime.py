@@ -129,6 +129,21 @@ def amp_settings(amp, device):
     return torch.float16, True
 
 
+COMPILE_CHOICES = ("auto", "true", "false")
+
+
+def resolve_compile(value, device_type, n_items=None, min_items=0):
+    """A config's ``compile`` (true, false or auto) -> whether to torch.compile. ``auto``: on for
+    CUDA only, and when ``n_items`` is given (slices a dump or inference will embed) only if
+    there are at least ``min_items`` of them to repay the warm-up; CPU runs stay uncompiled."""
+    text = str(value).strip().lower()
+    if text not in COMPILE_CHOICES:
+        raise PipelineError(f"compile={value}: choose from {', '.join(COMPILE_CHOICES)}")
+    if text != "auto":
+        return text == "true"
+    return device_type == "cuda" and (n_items is None or n_items >= min_items)
+
+
 def autocast(device, dtype):
     if dtype is None:
         return contextlib.nullcontext()

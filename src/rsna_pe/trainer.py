@@ -163,7 +163,7 @@ class Trainer:
             self.ddp = self.train_model = DDP(self.model, device_ids=[self.device.index]
                                               if self.device.type == "cuda" else None)
         self.eval_model = self.model
-        if self.tcfg.get("compile", False):
+        if runtime.resolve_compile(self.tcfg.get("compile", False), self.device.type):
             self.train_model = torch.compile(self.train_model)
             self.eval_model = torch.compile(self.model)
 
