@@ -88,20 +88,20 @@ def _dump(cfg, run, fold, ckpt, d):
     compile_ = runtime.resolve_compile(cfg["compile"], device.type, n_slices, cfg["compile_min_slices"])
     log.info("rank %d: %d series (%d slices) to embed with %s (input %d px) on %s%s -> %s",
              rank, len(todo), n_slices, ckpt, size, device, ", compiled" if compile_ else "", out)
-    emb = Embedder(model, device, chunk=cfg["batch_size"], amp=cfg["amp"],
+    embedder = Embedder(model, device, chunk=cfg["batch_size"], amp=cfg["amp"],
                    channels_last=cfg["channels_last"], compile=compile_)
     items = [(paths.series_file(src_root, *k), paths.series_file(out, *k)) for k in todo]
     loader = torch.utils.data.DataLoader(_SeriesNpz(items, size), batch_size=None, shuffle=False,
                                          num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if cfg["num_workers"] else None)
-    errors = _embed_all(emb, tqdm(loader, desc=f"dump {run} fold {fold}", unit="series", disable=rank > 0))
+    errors = _embed_all(embedder, tqdm(loader, desc=f"dump {run} fold {fold}", unit="series", disable=rank > 0))
     if errors:
         raise PipelineError(f"{len(errors)} series failed, first {errors[0]}")
 
 
-def _embed_all(emb, items):
+def _embed_all(embedder, items):
     """Embed and save every loaded series; on a GPU consecutive series share one pass
-    (``emb.group`` slices, rsna_pe.embed), each series' embeddings still saved on their own,
+    (``embedder.group`` slices, rsna_pe.embed), each series' embeddings still saved on their own,
     and a pass's files are written while the GPU runs the next one. Returns the load errors."""
     errors, batch, pending = [], [], []
 
@@ -111,7 +111,7 @@ def _embed_all(emb, items):
             atomic_savez(dst, embeddings=feats, labels=labels, sop=sop)
 
     def flush():
-        finish = emb.start_many([imgs for _, imgs, _, _ in batch])
+        finish = embedder.start_many([imgs for _, imgs, _, _ in batch])
         if pending:
             save()
         pending.append(([(dst, labels, sop) for dst, _, labels, sop in batch], finish))
@@ -123,7 +123,7 @@ def _embed_all(emb, items):
             errors.append(err)
             continue
         batch.append((dst, imgs, labels, sop))
-        if sum(len(b[1]) for b in batch) >= emb.group:
+        if sum(len(b[1]) for b in batch) >= embedder.group:
             flush()
     if batch:
         flush()

@@ -94,7 +94,7 @@ def ensemble_cam(ens, images, indices, out_size, batch=16):
     total = np.zeros((len(indices), out_size, out_size), np.float32)
     if not len(indices):
         return total
-    for spec, emb, _ in ens.members:
-        total += cnn_cam(emb.model, images[spec][indices], out_size, batch)
+    for spec, embedder, _ in ens.members:
+        total += cnn_cam(embedder.model, images[spec][indices], out_size, batch)
     return scale01(total / len(ens.members))
 

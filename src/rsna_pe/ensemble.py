@@ -109,8 +109,8 @@ class Ensemble:
         on_device = {spec: emb0.stack_on_device([images[spec] for images in studies]) for spec in self.specs}
         lens = to_device(torch.tensor(lengths, dtype=torch.int64), self.device)
         img_probs, exam_probs = [], []
-        for spec, emb, rnn in self.members:
-            feats = emb.embed(on_device[spec]).split(lengths)
+        for spec, embedder, rnn in self.members:
+            feats = embedder.embed(on_device[spec]).split(lengths)
             img_logit, exam_logit = rnn(pad_sequence(feats, batch_first=True), lens)
             img_probs.append(torch.sigmoid(img_logit.float()))
             exam_probs.append(torch.sigmoid(exam_logit.float()))
