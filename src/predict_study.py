@@ -17,12 +17,11 @@ import time
 from pathlib import Path
 
 import numpy as np
-import pydicom
 
 from rsna_pe import cli
 from rsna_pe.bundle import load_ensemble
 from rsna_pe.cam import ensemble_cam, pick_slices
-from rsna_pe.dicom import read_series_images
+from rsna_pe.dicom import read_series_images, study_series_uids
 from rsna_pe.runtime import pick_device
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_write_text
@@ -48,14 +47,6 @@ def split_series(folder):
     return list(zip(studies, found))
 
 
-def series_uids(path):
-    """(StudyInstanceUID, SeriesInstanceUID) from a slice's header: the viewer names a study by
-    them, never by its folder path."""
-    ds = pydicom.dcmread(path, stop_before_pixels=True,
-                         specific_tags=["StudyInstanceUID", "SeriesInstanceUID"])
-    return str(ds.get("StudyInstanceUID", "unknown")), str(ds.get("SeriesInstanceUID", "unknown"))
-
-
 def activation_maps(ens, images, img, args):
     """{slice index: map (preview, preview)} for the slices chosen by the --cam options."""
     picked = pick_slices(img, args.cam_top_k, args.cam_all)
@@ -72,7 +63,7 @@ def predict_series(ens, series_dir, out, args):
     """Predict one series and write its json, report and viewer; -> its index.html row."""
     infos, images = ens.read(series_dir)
     exam, img = ens.predict(images)
-    study, series = series_uids(infos[0].path)
+    study, series = study_series_uids(infos[0].path)
     cams = activation_maps(ens, images, img, args)
     # Previews from the HU at their own size: the model's input may be far smaller.
     pinfos, previews = read_series_images(series_dir, [args.preview_size])

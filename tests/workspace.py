@@ -1,7 +1,7 @@
 """The shared workspace of the stage tests: a tiny generated data set taken through stages 1-6.
 
-Two CNN + LSTM pairs, fold 0: the CNN trained for a few steps on 32 px JPEGs, ``rexnet200_bce``
-at input 32 px (= the JPEG size) and ``rexnet200_focal`` at 24 px (smaller). ``STAGES`` holds
+Ids are 12-hex-character strings, as in the competition files. Two CNN + LSTM pairs, fold 0:
+the CNN trained for a few steps on 32 px JPEGs, ``rexnet200_bce`` at input 32 px (= the JPEG size) and ``rexnet200_focal`` at 24 px (smaller). ``STAGES`` holds
 each stage's arguments there: a rerun with the same ones must write nothing.
 """
 import os
@@ -44,7 +44,8 @@ SUB_ENV = dict(os.environ, OMP_NUM_THREADS="1", WANDB_MODE="disabled", PYTHONPAT
 
 def build(root):
     """Stages 1-6 in ``root`` (the current folder)."""
-    generate(root / "data", n_train=24, n_test=3, slices=(4, 6), matrix=64, workers=1, seed=3)
+    # Ids as the competition writes them (12 hex characters), so every stage meets them.
+    generate(root / "data", n_train=24, n_test=3, slices=(4, 6), matrix=64, workers=1, seed=3, hex_ids=True)
     for stage, argv in STAGES:
         stage.main(argv)
 

@@ -100,6 +100,13 @@ def slice_info(path, ds=None):
     return SliceInfo(Path(path), str(sop), z, int(inst) if inst not in (None, "") else None)
 
 
+@_quiet_hex_uids
+def study_series_uids(path):
+    """(StudyInstanceUID, SeriesInstanceUID) from one slice's header ('unknown' where absent)."""
+    ds = read_dataset(path, header_only=True)
+    return str(ds.get("StudyInstanceUID", "unknown")), str(ds.get("SeriesInstanceUID", "unknown"))
+
+
 def warn_file_names(infos, where=""):
     """One warning per series whose files are not named by their SOPInstanceUID."""
     odd = [i for i in infos if i.sop != i.path.stem]
