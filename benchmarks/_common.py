@@ -2,6 +2,7 @@
 CNN and LSTM checkpoints in the pipeline's own format (no training, no downloads)."""
 import json
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -30,6 +31,19 @@ def add_model_args(p):
 def sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def time_calls(fn, device, steps, warmup):
+    """(warm-up seconds, seconds of ``steps`` timed calls) of ``fn``, synchronised on ``device``."""
+    t0 = time.perf_counter()
+    for _ in range(warmup):
+        fn()
+    sync(device)
+    t1 = time.perf_counter()
+    for _ in range(steps):
+        fn()
+    sync(device)
+    return t1 - t0, time.perf_counter() - t1
 
 
 def fake_runs(out, size, variants=("rexnet200_bce", "rexnet200_focal"), folds=(0, 1, 2), rnn=True):

@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _common import sync  # noqa: E402
+from _common import time_calls  # noqa: E402
 from ceiling import MODEL, report, train_rate  # noqa: E402
 
 import cv2  # noqa: E402
@@ -77,21 +77,13 @@ def bench_step(kind, device, size, batch, steps, warmup, compile_):
             opt.step()
         opt.zero_grad(set_to_none=True)
 
-    t0 = time.perf_counter()
-    for _ in range(warmup):
-        step()
-    sync(device)
-    t1 = time.perf_counter()
-    for _ in range(steps):
-        step()
-    sync(device)
-    dt = time.perf_counter() - t1
+    warm_s, dt = time_calls(step, device, steps, warmup)
     mem = torch.cuda.max_memory_allocated(device) / 2**30 if cuda else 0.0
     if cuda:
         torch.cuda.reset_peak_memory_stats(device)
     name = kind + (" +compile" if compile_ else "")
     out = dict(name=name, dtype=str(dtype).replace("torch.", "") if dtype else "float32",
-               steps_per_s=steps / dt, img_per_s=steps * batch / dt, warmup_s=t1 - t0, peak_gib=mem)
+               steps_per_s=steps / dt, img_per_s=steps * batch / dt, warmup_s=warm_s, peak_gib=mem)
     if kind != "original":  # the same (compiled) model's forward+backward on a batch already there
         x = host.to(device).permute(0, 3, 1, 2)
         out["ceiling_img_per_s"] = train_rate(fwd, x, labels.to(device), dtype, steps=steps, warmup=1)

@@ -12,11 +12,10 @@ stage benchmarks measure theirs in the same process and print ``report`` lines, 
 import argparse
 import contextlib
 import sys
-import time
 
 import torch
 
-from _common import sync  # noqa: E402  (puts src/ on the path)
+from _common import time_calls  # noqa: E402  (puts src/ on the path)
 from rsna_pe.cnn import build_cnn  # noqa: E402
 from rsna_pe.runtime import amp_settings, pick_device  # noqa: E402
 
@@ -27,14 +26,8 @@ MODEL = dict(backbone="rexnet_200", pretrained=False, pool="gem", gem_p=3.0, gem
 
 def timed_rate(fn, items_per_call, device, steps, warmup):
     """Calls of ``fn`` per second x ``items_per_call``, after ``warmup`` untimed calls."""
-    for _ in range(warmup):
-        fn()
-    sync(device)
-    t = time.perf_counter()
-    for _ in range(steps):
-        fn()
-    sync(device)
-    return items_per_call * steps / (time.perf_counter() - t)
+    _, seconds = time_calls(fn, device, steps, warmup)
+    return items_per_call * steps / seconds
 
 
 def forward_rate(device, size, batch, amp=True, compile=False, steps=10, warmup=3, model=None):

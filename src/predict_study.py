@@ -21,7 +21,7 @@ import numpy as np
 from rsna_pe import cli
 from rsna_pe.bundle import load_ensemble
 from rsna_pe.cam import ensemble_cam, pick_slices
-from rsna_pe.dicom import read_series_images, study_series_uids
+from rsna_pe.dicom import study_series_uids
 from rsna_pe.runtime import pick_device
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_write_text
@@ -61,14 +61,12 @@ def activation_maps(ens, images, img, args):
 
 def predict_series(ens, series_dir, out, args):
     """Predict one series and write its json, report and viewer; -> its index.html row."""
-    infos, images = ens.read(series_dir)
+    # Previews windowed from the HU at their own size (the model's input may be far smaller),
+    # from the same single decode as the models' input.
+    infos, images, previews = ens.read_with(series_dir, [args.preview_size])
     exam, img = ens.predict(images)
     study, series = study_series_uids(infos[0].path)
     cams = activation_maps(ens, images, img, args)
-    # Previews from the HU at their own size: the model's input may be far smaller.
-    pinfos, previews = read_series_images(series_dir, [args.preview_size])
-    if [i.sop for i in pinfos] != [i.sop for i in infos]:
-        raise PipelineError(f"{series_dir}: slice order changed between two reads")
     exam_d = {k: float(v) for k, v in zip(EXAM_LABELS, exam)}
     result = {"series_dir": str(series_dir), "study": study, "series": series, "exam": exam_d,
               "pe_present": bool(img.max() > 0.5), "activation_map_slices": sorted(cams),

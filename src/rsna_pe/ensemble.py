@@ -88,8 +88,16 @@ class Ensemble:
 
     def read(self, series_dir):
         """-> (slices in z order, {spec: uint8 (S, 3, size, size)}): each file decoded once."""
-        infos, windowed = read_series_images(series_dir, sorted({j for j, _, _ in self.specs}))
-        return infos, {(j, q, n): from_windows(windowed[j], q or None, n) for j, q, n in self.specs}
+        infos, images, _ = self.read_with(series_dir, ())
+        return infos, images
+
+    def read_with(self, series_dir, extra_sizes):
+        """``read``, plus the windowed slices at ``extra_sizes`` (e.g. viewer previews) from the
+        same decode: -> (infos, {spec: model input}, {size: uint8 (S, 3, size, size)})."""
+        sizes = sorted({j for j, _, _ in self.specs} | set(extra_sizes))
+        infos, windowed = read_series_images(series_dir, sizes)
+        images = {(j, q, n): from_windows(windowed[j], q or None, n) for j, q, n in self.specs}
+        return infos, images, {s: windowed[s] for s in extra_sizes}
 
     @property
     def group(self):

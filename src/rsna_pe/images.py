@@ -111,11 +111,6 @@ def list_series_jpegs(series_dir):
     return sorted(out)
 
 
-def read_series_jpegs(paths):
-    """Stack JPEGs into uint8 (S, 3, H, W) RGB, the npz/tensor layout."""
-    return np.stack([read_jpeg(p).transpose(2, 0, 1) for p in paths]) if paths else None
-
-
 # ----------------------------------------------------------------------------- stage 4's npz
 # The npz holds the series' stage-1 JPEG files as they are (no re-encode): ``jpeg`` uint8, all
 # files back to back in z order, ``jpeg_offsets`` int64 (S+1,) where file k is
