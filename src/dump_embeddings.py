@@ -76,8 +76,8 @@ def _dump(cfg, run, fold, ckpt, d):
     size = saved["config"]["dataset"]["size"]
 
     data = Path(cfg["data_dir"])
-    df = read_csv(paths.fold_csv(data, cfg["jpeg_size"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
-    src_root, out = paths.npz_dir(data, cfg["jpeg_size"]), paths.dump_dir(cfg["dump_root"], run, fold)
+    df = read_csv(paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
+    src_root, out = paths.npz_dir(data, cfg["jpeg_size"], cfg["jpeg_crop"]), paths.dump_dir(cfg["dump_root"], run, fold)
     keys = sorted(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)))
     missing = [paths.series_file(src_root, *k) for k in keys if not paths.series_file(src_root, *k).is_file()]
     if missing:

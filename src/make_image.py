@@ -7,6 +7,9 @@ Reads ``<data_dir>/<split>.csv`` and ``<data_dir>/<split>/<study>/<series>/*.dcm
 ``manifest.json``, then the set's ``manifest.csv`` (every slice: ids, z_pos_order, z) built from
 those, and ``errors.csv`` (series that failed; the command then exits non-zero). A shard writes
 ``manifest.shard-K-of-N.csv`` and ``errors.shard-K-of-N.csv`` for its series (rsna_pe.shards).
+With ``jpeg_crop=lung`` (experiment.yml) every series is cut to its lungs' square box first
+(rsna_pe.lungcrop) into ``<split>-jpegs-<jpeg_size>-lungcrop``; each series' manifest keeps its
+box and ``boxes.csv`` (a shard: ``boxes.shard-K-of-N.csv``) lists them all.
 An image is named by its header's SOPInstanceUID (the file name's stem only when the header has
 none); a series whose file names differ gets one warning.
 Reruns: finished series are kept, others (new, failed, killed, made with other settings) done;
@@ -19,29 +22,33 @@ from pathlib import Path
 from rsna_pe import cli, paths, provenance, shards
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.images import conversion_params, convert_series, finished_rows, finished_series, has_unknown_series
+from rsna_pe.images import (conversion_params, convert_series, finished_boxes, finished_rows, finished_series,
+                            has_unknown_series)
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.parallel import SeriesFailures, run_series
 
 log = logging.getLogger("make_image")
 
 
-def _convert(key, src_root, out_root, size, quality, digest):
+def _convert(key, src_root, out_root, size, quality, digest, crop_margin):
     study, series = key
-    convert_series(src_root / study / series, out_root / study / series, size, quality, record=digest)
+    convert_series(src_root / study / series, out_root / study / series, size, quality, record=digest,
+                   crop_margin=crop_margin)
 
 
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_image.yml", argv=argv)
     data, shard = Path(cfg["data_dir"]), shards.parse(cfg["shard"])
     src_root = data / cfg["split"]
-    out_root = paths.jpeg_dir(data, cfg["jpeg_size"], cfg["split"])
+    out_root = paths.jpeg_dir(data, cfg["jpeg_size"], cfg["split"], cfg["jpeg_crop"])
+    margin = cfg["lung_crop_margin"] if cfg["jpeg_crop"] == "lung" else None
     df = read_csv(data / f"{cfg['split']}.csv", ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
     keys = shards.take(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)), shard)
     if not src_root.is_dir():
         raise PipelineError(f"{src_root}: DICOM folder not found")
     out_root.mkdir(parents=True, exist_ok=True)
-    record = provenance.make("make_image", {"split": cfg["split"], **conversion_params(cfg["jpeg_size"], cfg["quality"])})
+    record = provenance.make("make_image", {"split": cfg["split"],
+                                            **conversion_params(cfg["jpeg_size"], cfg["quality"], margin)})
     digest = provenance.digest(record)
     shards.guard(out_root, record, cfg["overwrite"], "JPEG set", shard,
                  unknown_outputs=lambda: has_unknown_series(out_root, digest))
@@ -49,13 +56,15 @@ def main(argv=None):
         save_config(cfg, out_root / "make_image.yaml")
 
     todo = [k for k in keys if finished_series(out_root / k[0] / k[1], digest) is None]
-    manifest, errors = shards.log_path(out_root, "manifest", shard), shards.log_path(out_root, "errors", shard)
+    stems = ("manifest", "errors") + (("boxes",) if margin is not None else ())
+    logs = {stem: shards.log_path(out_root, stem, shard) for stem in stems}
+    manifest, errors = logs["manifest"], logs["errors"]
     log.info("%s%d series, %d already converted, %d to do -> %s", f"shard {shard}: " if shard else "",
              len(keys), len(keys) - len(todo), len(todo), out_root)
-    if not todo and manifest.is_file() and errors.is_file():
+    if not todo and all(p.is_file() for p in logs.values()):
         return 0
     fn = functools.partial(_convert, src_root=src_root, out_root=out_root, size=cfg["jpeg_size"],
-                           quality=cfg["quality"], digest=digest)
+                           quality=cfg["quality"], digest=digest, crop_margin=margin)
     try:
         run_series(fn, todo, key=lambda k: k, errors_csv=errors, workers=cfg["workers"], desc="make_image")
         failure = None
@@ -64,6 +73,8 @@ def main(argv=None):
     # Built from the series' own manifests: every finished series, also when some failed now.
     rows, _ = finished_rows(out_root, keys, digest)
     atomic_to_csv(rows, manifest)
+    if margin is not None:  # the lung boxes, for people: each series' manifest holds its own
+        atomic_to_csv(finished_boxes(out_root, keys, digest), logs["boxes"])
     if failure:
         raise failure
     log.info("done: %d slices in %d series", len(rows), len(keys))

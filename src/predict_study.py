@@ -47,13 +47,14 @@ def split_series(folder):
     return list(zip(studies, found))
 
 
-def activation_maps(ens, images, img, args):
+def activation_maps(ens, images, img, args, series_dir):
     """{slice index: map (preview, preview)} for the slices chosen by the --cam options."""
     picked = pick_slices(img, args.cam_top_k, args.cam_all)
     if not len(picked):
         return {}
     t = time.perf_counter()
-    maps = ensemble_cam(ens, images, picked, args.preview_size, batch=args.cam_batch)
+    maps = ensemble_cam(ens, images, picked, args.preview_size, batch=args.cam_batch,
+                        regions=ens.crop_regions(series_dir))
     log.info("activation maps: %d slices x %d CNNs in %.1f s", len(picked), len(ens.members),
              time.perf_counter() - t)
     return {int(k): m for k, m in zip(picked, maps)}
@@ -66,7 +67,7 @@ def predict_series(ens, series_dir, out, args):
     infos, images, previews = ens.read_with(series_dir, [args.preview_size])
     exam, img = ens.predict(images)
     study, series = study_series_uids(infos[0].path)
-    cams = activation_maps(ens, images, img, args)
+    cams = activation_maps(ens, images, img, args, series_dir)
     exam_d = {k: float(v) for k, v in zip(EXAM_LABELS, exam)}
     result = {"series_dir": str(series_dir), "study": study, "series": series, "exam": exam_d,
               "pe_present": bool(img.max() > 0.5), "activation_map_slices": sorted(cams),

@@ -87,14 +87,29 @@ def pick_slices(img_prob, top_k=8, all_slices=False):
     return np.sort(np.argsort(-np.asarray(img_prob), kind="stable")[:k])
 
 
-def ensemble_cam(ens, images, indices, out_size, batch=16):
+def placed(maps, region, out_size):
+    """Maps of a lung-cropped CNN's input put where its box lies on the whole slice (``region``:
+    the box as shares of the slice, (x0, y0, x1, y1); None: the maps cover the whole slice)."""
+    if region is None:
+        return maps
+    import cv2
+    x0, y0, x1, y1 = (int(round(v * out_size)) for v in region)
+    out = np.zeros((len(maps), out_size, out_size), np.float32)
+    for k, m in enumerate(maps):
+        out[k, y0:y1, x0:x1] = cv2.resize(m, (x1 - x0, y1 - y0), interpolation=cv2.INTER_LINEAR)
+    return out
+
+
+def ensemble_cam(ens, images, indices, out_size, batch=16, regions=None):
     """The mean Grad-CAM of an ``Ensemble``'s CNNs for slices ``indices`` of ``images``
-    ({model input spec: uint8 (S, 3, H, W)}, as ``ens.read`` gives) -> float32 (len(indices), out, out)."""
+    ({model input spec: uint8 (S, 3, H, W)}, as ``ens.read`` gives) -> float32 (len(indices), out, out),
+    on the whole slice (``regions``: ``ens.crop_regions`` of the series, for lung-cropped CNNs)."""
     indices = np.asarray(indices, dtype=np.int64)
     total = np.zeros((len(indices), out_size, out_size), np.float32)
     if not len(indices):
         return total
     for spec, embedder, _ in ens.members:
-        total += cnn_cam(embedder.model, images[spec][indices], out_size, batch)
+        maps = cnn_cam(embedder.model, images[spec][indices], out_size, batch)
+        total += placed(maps, (regions or {}).get(spec), out_size)
     return scale01(total / len(ens.members))
 

@@ -253,21 +253,21 @@ class CNNTask(Task):
     def input_sets(cfg):
         """Folders of the records a run is made from: the JPEG set and the fold csv."""
         data = cfg["dataset"]["data_dir"]
-        return {"jpegs": paths.jpeg_dir(data, cfg["jpeg_size"]),
-                "fold_csv": paths.fold_csv(data, cfg["jpeg_size"]).parent}
+        return {"jpegs": paths.jpeg_dir(data, cfg["jpeg_size"], crop=paths.crop_of(cfg)),
+                "fold_csv": paths.fold_csv(data, cfg["jpeg_size"], paths.crop_of(cfg)).parent}
 
     def build_model(self):
         return build_cnn(self.cfg["model"])
 
     def datasets(self):
         dcfg = self.cfg["dataset"]
-        src, size = self.cfg["jpeg_size"], dcfg["size"]
-        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src), [IMAGE_LABEL])
+        src, size, crop = self.cfg["jpeg_size"], dcfg["size"], paths.crop_of(self.cfg)
+        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src, crop), [IMAGE_LABEL])
         train_df, val_df = split_by_fold(df, dcfg["fold"], dcfg["k_fold"])
         if len(train_df) == 0 or len(val_df) == 0:
             raise PipelineError(f"fold {dcfg['fold']} leaves an empty train or val set in "
-                                f"{paths.fold_csv(dcfg['data_dir'], src)}")
-        root = paths.jpeg_dir(dcfg["data_dir"], src)
+                                f"{paths.fold_csv(dcfg['data_dir'], src, crop)}")
+        root = paths.jpeg_dir(dcfg["data_dir"], src, crop=crop)
         aug = self.cfg.get("augment")
         transform = build_train_transform(aug, size) if aug and aug.get("enabled", True) else None
         if transform is not None:

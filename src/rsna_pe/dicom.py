@@ -23,6 +23,7 @@ import numpy as np
 import pydicom
 
 from .errors import PipelineError
+from .lungcrop import crop
 from .windows import hu_to_rgb
 
 log = logging.getLogger(__name__)
@@ -181,12 +182,14 @@ def to_hu(ds, path):
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
 
 
-def hu_to_image(hu, size, bgr=False):
+def hu_to_image(hu, size, bgr=False, box=None, where=""):
     """HU (H, W) -> RGB uint8 (size, size, 3): lung, PE, mediastinal windows (BGR for cv2).
 
-    A matrix of another size is resized in HU (area when shrinking, linear when growing)
-    before windowing, so the window is applied to CT values, not to already clipped bytes.
+    ``box``: the series' crop box (rsna_pe.lungcrop), cut first. A matrix of another size is
+    resized in HU (area when shrinking, linear when growing) before windowing, so the window
+    is applied to CT values, not to already clipped bytes.
     """
+    hu = crop(hu, box, where)
     h, w = hu.shape
     if (h, w) != (size, size):
         interp = cv2.INTER_AREA if size < min(h, w) else cv2.INTER_LINEAR
@@ -194,18 +197,26 @@ def hu_to_image(hu, size, bgr=False):
     return hu_to_rgb(hu, bgr=bgr)
 
 
+def _view(v):
+    """A view of a slice: an image size (the whole slice), or (size, crop box)."""
+    return (v, None) if isinstance(v, (int, np.integer)) else v
+
+
 def windowed_slices(series_dir, sizes, bgr=False):
     """Each file of a series, read and decoded once, in file order: yield (SliceInfo,
-    {size: uint8 (size, size, 3)}). Stage 1 (JPEGs) and stage 7 (inference) read DICOM through
-    this one loop; only 8-bit results are kept, never a float volume."""
+    {view: uint8 (size, size, 3)}) for the views ``sizes`` (sizes, or (size, box) pairs).
+    Stage 1 (JPEGs) and stage 7 (inference) read DICOM through this one loop; only 8-bit
+    results are kept, never a float volume."""
     for f in series_files(series_dir):
         ds = read_dataset(f)
         hu = to_hu(ds, f)
-        yield slice_info(f, ds), {s: hu_to_image(hu, s, bgr=bgr) for s in sizes}
+        yield slice_info(f, ds), {v: hu_to_image(hu, _view(v)[0], bgr=bgr, box=_view(v)[1], where=f)
+                                  for v in sizes}
 
 
 def read_series_images(series_dir, sizes):
-    """A whole series -> (infos in z order, {size: uint8 RGB (S, 3, size, size)}).
+    """A whole series -> (infos in z order, {view: uint8 RGB (S, 3, size, size)}), views as in
+    ``windowed_slices``.
 
     Each file is read and decoded once, whatever the number of sizes (models of different
     input sizes share one decode).

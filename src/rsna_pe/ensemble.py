@@ -13,10 +13,11 @@ import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from .checkpoint import find_checkpoint, load
-from .dicom import read_series_images
+from .dicom import read_dataset, read_series_images, series_files
 from .embed import Embedder, to_device
 from .errors import PipelineError
 from .labels import EXAM_LABELS, IMAGE_LABEL, study_series
+from .lungcrop import lung_box
 from .metric import postprocess
 from .model_input import from_windows
 from .runs import check_pair, checkpoint_sha256, jpeg_settings
@@ -45,9 +46,10 @@ def run_prior(rnn_ckpt):
 
 
 class Ensemble:
-    """The CNN + LSTM pairs. Each CNN sees what it saw in training: the slice windowed at its
-    JPEG set's size, through that set's JPEG codec in memory, resized to its input size
-    (rsna_pe.model_input); ``jpeg_codec=False`` skips the codec (only to measure what it changes)."""
+    """The CNN + LSTM pairs. Each CNN sees what it saw in training: the slice (cut to the
+    series' lung box if its JPEG set was lung-cropped) windowed at its JPEG set's size, through
+    that set's JPEG codec in memory, resized to its input size (rsna_pe.model_input);
+    ``jpeg_codec=False`` skips the codec (only to measure what it changes)."""
 
     def __init__(self, pairs, device, chunk=256, amp=True, channels_last=True, compile=False, tta_flip=False,
                  jpeg_codec=True):
@@ -80,11 +82,12 @@ class Ensemble:
         # [{cnn: sha256, rnn: sha256, where: [...]}] per pair: what stage 7's record names
         self.sources = sources
         for cnn, cnn_ckpt, rnn, where in models:
-            jpeg_size, quality = jpeg_settings(cnn_ckpt, where)
-            spec = (jpeg_size, quality if jpeg_codec else 0, int(cnn_ckpt["config"]["dataset"]["size"]))
+            jpeg_size, quality, crop = jpeg_settings(cnn_ckpt, where)
+            spec = (jpeg_size, quality if jpeg_codec else 0, int(cnn_ckpt["config"]["dataset"]["size"]), crop)
             self.members.append((spec, Embedder(cnn, device, **embed_kw), rnn.to(device).eval()))
-        # (JPEG size, quality (0: no codec), input size) of each distinct model input
-        self.specs = sorted({spec for spec, _, _ in self.members})
+        # (JPEG size, quality (0: no codec), input size, lung crop margin (None: whole slices))
+        # of each distinct model input, in the order of the pairs
+        self.specs = list(dict.fromkeys(spec for spec, _, _ in self.members))
 
     def read(self, series_dir):
         """-> (slices in z order, {spec: uint8 (S, 3, size, size)}): each file decoded once."""
@@ -94,10 +97,27 @@ class Ensemble:
     def read_with(self, series_dir, extra_sizes):
         """``read``, plus the windowed slices at ``extra_sizes`` (e.g. viewer previews) from the
         same decode: -> (infos, {spec: model input}, {size: uint8 (S, 3, size, size)})."""
-        sizes = sorted({j for j, _, _ in self.specs} | set(extra_sizes))
-        infos, windowed = read_series_images(series_dir, sizes)
-        images = {(j, q, n): from_windows(windowed[j], q or None, n) for j, q, n in self.specs}
+        # Each crop's box is found once per series, as stage 1 found it (None: no lungs, whole
+        # slices); the series is then windowed once per (JPEG size, box).
+        boxes = {c: lung_box(series_dir, c) for c in {s[3] for s in self.specs} if c is not None}
+        view = lambda j, c: j if boxes.get(c) is None else (j, boxes[c])  # noqa: E731
+        views = list(dict.fromkeys([view(j, c) for j, _, _, c in self.specs] + list(extra_sizes)))
+        infos, windowed = read_series_images(series_dir, views)
+        images = {(j, q, n, c): from_windows(windowed[view(j, c)], q or None, n) for j, q, n, c in self.specs}
         return infos, images, {s: windowed[s] for s in extra_sizes}
+
+    def crop_regions(self, series_dir):
+        """{spec: its lung box as shares of the slice (x0, y0, x1, y1), or None} of the
+        lung-cropped model inputs, to draw what they see on the whole slice."""
+        crops = {s[3] for s in self.specs if s[3] is not None}
+        if not crops:
+            return {}
+        ds = read_dataset(series_files(series_dir)[0], header_only=True)
+        cols, rows = int(ds.Columns), int(ds.Rows)
+        boxes = {c: lung_box(series_dir, c) for c in crops}
+        return {s: None if boxes.get(s[3]) is None else
+                (boxes[s[3]][0] / cols, boxes[s[3]][1] / rows, boxes[s[3]][2] / cols, boxes[s[3]][3] / rows)
+                for s in self.specs}
 
     @property
     def group(self):

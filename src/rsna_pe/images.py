@@ -15,18 +15,23 @@ import numpy as np
 
 from .dicom import DicomReadError, series_order, windowed_slices
 from .io import atomic_dir
+from .lungcrop import crop_params, lung_box
 
 # Bump when the pixels a conversion writes change (window formula, resize, codec settings):
 # JPEG sets made by another version are then stale (see rsna_pe.provenance).
 CONVERSION_VERSION = 1
 
 
-def conversion_params(size, quality):
-    """What decides a JPEG set's pixels, as recorded with it."""
+def conversion_params(size, quality, crop_margin=None):
+    """What decides a JPEG set's pixels, as recorded with it; ``crop_margin``: the lung crop's
+    margin (rsna_pe.lungcrop), None for whole slices (then no ``crop`` key, as before it existed)."""
     from .windows import WINDOWS
-    return {"jpeg_size": int(size), "quality": int(quality), "chroma": "4:4:4",
-            "windows": {k: list(v) for k, v in WINDOWS.items()},
-            "conversion_version": CONVERSION_VERSION}
+    params = {"jpeg_size": int(size), "quality": int(quality), "chroma": "4:4:4",
+              "windows": {k: list(v) for k, v in WINDOWS.items()},
+              "conversion_version": CONVERSION_VERSION}
+    if crop_margin is not None:
+        params["crop"] = crop_params(crop_margin)
+    return params
 
 
 # 4:4:4: the three channels are independent windows, so no chroma subsampling.
@@ -56,20 +61,24 @@ def read_jpeg(path):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def convert_series(series_dir, out_dir, size, quality=95, record=None):
+def convert_series(series_dir, out_dir, size, quality=95, record=None, crop_margin=None):
     """DICOM series -> ``out_dir/<zzzz>_<SOP>.jpg`` and ``manifest.json``; returns manifest rows.
 
     One slice in memory at a time: each file is read once, windowed and written under its SOP
     name into a temporary folder; once every slice's z is known the files are renamed to their
     z order and the folder is renamed into place, so ``out_dir`` exists only when complete.
     ``record`` is the digest of the JPEG set's record, kept in the series' manifest.
+    ``crop_margin`` (not None): every slice is cut to the series' lung box first, which the
+    manifest keeps as ``crop_box`` (null: no lungs found, whole slices).
     Raises DicomReadError (naming the file) if any slice is unreadable; nothing is written then.
     """
     params = jpeg_params(quality)
+    box = lung_box(series_dir, crop_margin) if crop_margin is not None else None
+    view = size if box is None else (size, box)
     infos = []
     with atomic_dir(out_dir) as tmp:
-        for info, bgr in windowed_slices(series_dir, [size], bgr=True):
-            if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr[size], params):
+        for info, bgr in windowed_slices(series_dir, [view], bgr=True):
+            if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr[view], params):
                 raise DicomReadError(tmp, f"cannot write JPEG for {info.path}")
             infos.append(info)
         order = series_order(infos, where=str(series_dir))
@@ -77,8 +86,10 @@ def convert_series(series_dir, out_dir, size, quality=95, record=None):
             raise DicomReadError(series_dir, "duplicate SOPInstanceUID")
         for k, info in enumerate(order):
             os.rename(tmp / f"{info.sop}.jpg", tmp / jpeg_name(k, info.sop))
-        (tmp / SERIES_MANIFEST).write_text(json.dumps(
-            {"format": 1, "record": record, "sop": [i.sop for i in order], "z": [i.z for i in order]}))
+        manifest = {"format": 1, "record": record, "sop": [i.sop for i in order], "z": [i.z for i in order]}
+        if crop_margin is not None:
+            manifest["crop_box"] = None if box is None else list(box)
+        (tmp / SERIES_MANIFEST).write_text(json.dumps(manifest))
     return [(k, i.sop, i.z) for k, i in enumerate(order)]
 
 
@@ -167,6 +178,21 @@ def finished_rows(root, keys, digest):
             continue
         rows += [(study, series, sop, k, z) for k, (sop, z) in enumerate(zip(m["sop"], m["z"]))]
     return pd.DataFrame(rows, columns=MANIFEST_COLUMNS), missing
+
+
+BOX_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "x0", "y0", "x1", "y1"]
+
+
+def finished_boxes(root, keys, digest):
+    """The lung boxes (BOX_COLUMNS; empty where no lungs were found) of the series ``keys``
+    converted under ``digest`` into a lung-cropped set, from their manifests."""
+    import pandas as pd
+    rows = []
+    for study, series in keys:
+        m = finished_series(Path(root) / study / series, digest)
+        if m is not None:
+            rows.append((study, series, *(m.get("crop_box") or (None,) * 4)))
+    return pd.DataFrame(rows, columns=BOX_COLUMNS).astype({c: "Int64" for c in BOX_COLUMNS[2:]})
 
 
 def has_unknown_series(root, digest):

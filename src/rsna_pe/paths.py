@@ -1,17 +1,35 @@
 """Where every artifact lives, derived from roots in the configs, run name and fold."""
 from pathlib import Path
 
+from .errors import PipelineError
 
-def jpeg_dir(data_dir, size, split="train"):
-    return Path(data_dir) / f"{split}-jpegs-{size}"
-
-
-def fold_csv(data_dir, size):
-    return Path(data_dir) / "fold" / "ver1" / f"train-jpegs-{size}" / "train.csv"
+# The experiment key jpeg_crop -> what it adds to the name of the JPEG set and of every folder
+# derived from it (fold csv, npz set), so that cropped and whole-slice sets live side by side.
+CROP_SUFFIX = {"none": "", "lung": "-lungcrop"}
 
 
-def npz_dir(data_dir, size):
-    return Path(data_dir) / "npz" / f"train-jpegs-{size}"
+def crop_of(cfg):
+    """A config's ``jpeg_crop`` (experiment.yml); one saved before the key existed: none."""
+    return cfg.get("jpeg_crop", "none")
+
+
+def jpeg_set(size, crop="none"):
+    """``jpegs-<size>[-lungcrop]``: the name stage 1's set and its derived folders share."""
+    if crop not in CROP_SUFFIX:
+        raise PipelineError(f"jpeg_crop={crop}: expected one of {', '.join(CROP_SUFFIX)}")
+    return f"jpegs-{size}{CROP_SUFFIX[crop]}"
+
+
+def jpeg_dir(data_dir, size, split="train", crop="none"):
+    return Path(data_dir) / f"{split}-{jpeg_set(size, crop)}"
+
+
+def fold_csv(data_dir, size, crop="none"):
+    return Path(data_dir) / "fold" / "ver1" / f"train-{jpeg_set(size, crop)}" / "train.csv"
+
+
+def npz_dir(data_dir, size, crop="none"):
+    return Path(data_dir) / "npz" / f"train-{jpeg_set(size, crop)}"
 
 
 def run_dir(output_root, run_name, fold):

@@ -18,8 +18,9 @@ from . import labels as L  # read as L.LABELS at call time: the order is the cod
 from .errors import PipelineError
 
 # Config keys that change how fast a run goes or where files are, not what it learns: changing
-# them keeps a run. Inputs are recorded by reference to their records instead of by path.
-_NOT_DECISIVE = ("config_file", "run_name", "output_dir", "wandb", "overwrite", "extra_state")
+# them keeps a run. Inputs are recorded by reference to their records instead of by path (so
+# jpeg_crop, which picks the input sets, is decided by their records).
+_NOT_DECISIVE = ("config_file", "run_name", "output_dir", "wandb", "overwrite", "extra_state", "jpeg_crop")
 _NOT_DECISIVE_IN = {"train": ("num_workers", "val_batch_size", "log_every", "device", "compile",
                               "channels_last"),
                     "dataset": ("data_dir", "dump_root")}
@@ -195,18 +196,20 @@ def check_pair(cnn_path, cnn, rnn_path, rnn):
 
 
 def jpeg_settings(cnn, path):
-    """(jpeg_size, quality) of the JPEG set a CNN was trained on, which inference reproduces;
-    a set made with windows or a conversion this code does not make is refused."""
+    """(jpeg_size, quality, lung crop margin or None) of the JPEG set a CNN was trained on, which
+    inference reproduces; a set made with windows, a conversion or a crop this code does not
+    make is refused."""
     from .images import conversion_params
     got = cnn["record"]["params"]["input_params"].get("jpegs")
     if not got:
         raise PipelineError(f"{path}: no record of the JPEG set it was trained on; {RETRAIN}")
-    want = conversion_params(got["jpeg_size"], got["quality"])
+    margin = (got.get("crop") or {}).get("margin")
+    want = conversion_params(got["jpeg_size"], got["quality"], margin)
     for k in want:
         if got.get(k) != want[k]:
             raise PipelineError(f"{path}: trained on JPEGs made with {k}={got.get(k)}, this code "
                                 f"makes {want[k]}; inference cannot reproduce its input: {RETRAIN}")
-    return int(got["jpeg_size"]), int(got["quality"])
+    return int(got["jpeg_size"]), int(got["quality"]), margin
 
 
 def weights_digest(named_tensors):
