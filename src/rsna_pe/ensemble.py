@@ -18,7 +18,7 @@ from .embed import Embedder, to_device
 from .errors import PipelineError
 from .labels import EXAM_LABELS, IMAGE_LABEL, study_series
 from .metric import postprocess
-from .model_input import from_windows
+from .model_input import input_kind, model_input, through_codec
 from .runs import check_pair, checkpoint_sha256, jpeg_settings
 
 log = logging.getLogger(__name__)
@@ -45,9 +45,10 @@ def run_prior(rnn_ckpt):
 
 
 class Ensemble:
-    """The CNN + LSTM pairs. Each CNN sees what it saw in training: the slice windowed at its
-    JPEG set's size, through that set's JPEG codec in memory, resized to its input size
-    (rsna_pe.model_input); ``jpeg_codec=False`` skips the codec (only to measure what it changes)."""
+    """The CNN + LSTM pairs. Each CNN sees what it saw in training: the slices windowed at its
+    JPEG set's size, through that set's JPEG codec in memory, made into its input kind and
+    resized to its input size (rsna_pe.model_input); ``jpeg_codec=False`` skips the codec (only
+    to measure what it changes)."""
 
     def __init__(self, pairs, device, chunk=256, amp=True, channels_last=True, compile=False, tta_flip=False,
                  jpeg_codec=True):
@@ -81,10 +82,12 @@ class Ensemble:
         self.sources = sources
         for cnn, cnn_ckpt, rnn, where in models:
             jpeg_size, quality = jpeg_settings(cnn_ckpt, where)
-            spec = (jpeg_size, quality if jpeg_codec else 0, int(cnn_ckpt["config"]["dataset"]["size"]))
+            cfg = cnn_ckpt["config"]
+            spec = (jpeg_size, quality if jpeg_codec else 0, int(cfg["dataset"]["size"]), input_kind(cfg))
             self.members.append((spec, Embedder(cnn, device, **embed_kw), rnn.to(device).eval()))
-        # (JPEG size, quality (0: no codec), input size) of each distinct model input
+        # (JPEG size, quality (0: no codec), input size, input kind) of each distinct model input
         self.specs = sorted({spec for spec, _, _ in self.members})
+        log.info("model inputs: %s", ", ".join(f"{n} px {kind} (JPEG {j} px)" for j, _, n, kind in self.specs))
 
     def read(self, series_dir):
         """-> (slices in z order, {spec: uint8 (S, 3, size, size)}): each file decoded once."""
@@ -94,9 +97,11 @@ class Ensemble:
     def read_with(self, series_dir, extra_sizes):
         """``read``, plus the windowed slices at ``extra_sizes`` (e.g. viewer previews) from the
         same decode: -> (infos, {spec: model input}, {size: uint8 (S, 3, size, size)})."""
-        sizes = sorted({j for j, _, _ in self.specs} | set(extra_sizes))
+        sizes = sorted({spec[0] for spec in self.specs} | set(extra_sizes))
         infos, windowed = read_series_images(series_dir, sizes)
-        images = {(j, q, n): from_windows(windowed[j], q or None, n) for j, q, n in self.specs}
+        # The codec once per JPEG set, whatever the models make of its slices.
+        decoded = {(j, q): through_codec(windowed[j], q or None) for j, q, _, _ in self.specs}
+        images = {(j, q, n, k): model_input(decoded[j, q], k, n) for j, q, n, k in self.specs}
         return infos, images, {s: windowed[s] for s in extra_sizes}
 
     @property
