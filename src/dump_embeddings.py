@@ -5,7 +5,8 @@
 Finds ``best.ckpt`` of ``output/train_cnn/<run>/fold_<k>`` (or ``ckpt_path``), rebuilds the model
 from the checkpoint's own config and writes ``dump/v1/<run>/fold_<k>/<study>/<series>.npz``
 (``embeddings`` float32 (S, 2560), ``labels``, ``sop``) and ``record.json`` (the checkpoint's
-content hash, the input size, the label order of ``labels``, the npz set's record). A rerun with
+content hash, the input size and kind, the label order of ``labels``, the npz set's record).
+The input is built as the checkpoint's config says (rsna_pe.model_input). A rerun with
 the same record skips finished series; after the checkpoint or the npz set changed it stops
 until ``overwrite=true`` redoes the dump. Under torchrun each rank takes its share of the series.
 """
@@ -23,17 +24,18 @@ from rsna_pe.embed import Embedder
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import read_npz_images
 from rsna_pe.io import atomic_savez, read_csv
-from rsna_pe.model_input import resize_stack
+from rsna_pe.model_input import input_kind, model_input
 
 log = logging.getLogger("dump_embeddings")
 
 
 class _SeriesNpz(torch.utils.data.Dataset):
-    """Loads (and if needed resizes) one series per item in DataLoader workers, so reading
-    and decoding overlap with the model's work on the previous series."""
+    """Loads one series per item as the model's input (its kind, resized if needed) in
+    DataLoader workers, so reading and decoding overlap with the model's work on the previous
+    series."""
 
-    def __init__(self, items, size):
-        self.items, self.size = items, size
+    def __init__(self, items, size, kind):
+        self.items, self.size, self.kind = items, size, kind
 
     def __len__(self):
         return len(self.items)
@@ -42,7 +44,8 @@ class _SeriesNpz(torch.utils.data.Dataset):
         src, dst = self.items[i]
         try:
             with np.load(src) as z:
-                return dst, resize_stack(read_npz_images(z, src), self.size), z["labels"], z["sop"], None
+                imgs = model_input(read_npz_images(z, src), self.kind, self.size)
+                return dst, imgs, z["labels"], z["sop"], None
         except Exception as e:  # reported by the main process, which names the file
             return dst, None, None, None, f"{src}: {type(e).__name__}: {e}"
 
@@ -73,7 +76,7 @@ def _dump(cfg, run, fold, ckpt, d):
     if device.type == "cpu":
         runtime.set_cpu_threads(cfg["num_workers"], world)
     model, saved = load(ckpt, device="cpu")
-    size = saved["config"]["dataset"]["size"]
+    size, kind = saved["config"]["dataset"]["size"], input_kind(saved["config"])
 
     data = Path(cfg["data_dir"])
     df = read_csv(paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
@@ -86,12 +89,12 @@ def _dump(cfg, run, fold, ckpt, d):
     todo = [k for k in keys[rank::world] if not paths.series_file(out, *k).is_file()]
     n_slices = int(df.groupby(["StudyInstanceUID", "SeriesInstanceUID"]).size().reindex(todo).sum())
     compile_ = runtime.resolve_compile(cfg["compile"], device.type, n_slices, cfg["compile_min_slices"])
-    log.info("rank %d: %d series (%d slices) to embed with %s (input %d px) on %s%s -> %s",
-             rank, len(todo), n_slices, ckpt, size, device, ", compiled" if compile_ else "", out)
+    log.info("rank %d: %d series (%d slices) to embed with %s (input %d px, %s) on %s%s -> %s",
+             rank, len(todo), n_slices, ckpt, size, kind, device, ", compiled" if compile_ else "", out)
     embedder = Embedder(model, device, chunk=cfg["batch_size"], amp=cfg["amp"],
                    channels_last=cfg["channels_last"], compile=compile_)
     items = [(paths.series_file(src_root, *k), paths.series_file(out, *k)) for k in todo]
-    loader = torch.utils.data.DataLoader(_SeriesNpz(items, size), batch_size=None, shuffle=False,
+    loader = torch.utils.data.DataLoader(_SeriesNpz(items, size, kind), batch_size=None, shuffle=False,
                                          num_workers=cfg["num_workers"], pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if cfg["num_workers"] else None)
     errors = _embed_all(embedder, tqdm(loader, desc=f"dump {run} fold {fold}", unit="series", disable=rank > 0))

@@ -195,7 +195,7 @@ def test_stage7_input_equals_the_cropped_jpegs(syn, monkeypatch):
     ens = Ensemble.from_models([_member(root, "lung", 24), _member(root, "none", JPEG)], {}, [],
                                torch.device("cpu"), amp=False, channels_last=False)
     crop_spec, whole_spec = ens.specs
-    assert crop_spec == (JPEG, 95, 24, 0.05) and whole_spec == (JPEG, 95, JPEG, None)
+    assert crop_spec == (JPEG, 95, 24, 0.05, "windows") and whole_spec == (JPEG, 95, JPEG, None, "windows")
     for spec in (s for s in specs if s.split == "train"):
         infos, images = ens.read(_series_dir(root, spec))
         box = lung_box(_series_dir(root, spec), 0.05)

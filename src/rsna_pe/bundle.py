@@ -26,6 +26,7 @@ from .checkpoint import read_checkpoint
 from .errors import PipelineError
 from .io import atomic_dir
 from .labels import EXAM_LABELS, IMAGE_LABEL, LABELS
+from .model_input import input_channels, input_kind
 from .windows import WINDOWS
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,9 @@ def _model_entry(kind, path, ckpt, name):
                         "checkpoint": Path(path).name, "epoch": ckpt.get("epoch"),
                         "step": ckpt.get("step"), "metrics": ckpt.get("metrics", {})}}
     if kind == "cnn":
+        what = input_kind(cfg)
         entry["input"] = {"size": ds.get("size"), "jpeg_size": cfg.get("jpeg_size"),
-                          "kind": ds.get("input", "windows"), "channels": list(WINDOWS),
+                          "kind": what, "channels": input_channels(what),
                           "windows": {k: {"level": lv, "width": wd} for k, (lv, wd) in WINDOWS.items()},
                           "range": "uint8 0-255, normalised inside the model"}
     else:

@@ -60,7 +60,7 @@ def _models_section(models, pairs):
     first = models[pairs[0]["cnn"]]
     mcfg, inp = first["config"].get("model", {}), first["input"]
     return (f"{len(pairs)} pairs of a slice CNN (timm `{mcfg.get('backbone')}`, {mcfg.get('pool', 'gem')} "
-            f"pooling, input {inp['size']} px, channels {', '.join(inp['channels'])} windows) and an "
+            f"pooling, input {inp['size']} px, R, G, B = {', '.join(inp['channels'])}) and an "
             f"LSTM head over the CNN's per-slice embeddings. Outputs: `{IMAGE_LABEL}` per slice and "
             f"nine exam labels ({', '.join(EXAM_LABELS)}); the pairs' probabilities are averaged "
             "and made consistent by the challenge's rules (post-processing "

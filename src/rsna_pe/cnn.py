@@ -1,9 +1,10 @@
 """Stage 3: the slice-level CNN (timm backbone + GeM + MLP head), its data and its Task.
 
-The network takes RGB (lung, PE, mediastinal windows) in the 0-255 range, uint8 or float,
-and normalises inside ``forward`` with the backbone's pretrained mean/std, so later stages
-feed it exactly what the JPEGs/npz hold. ``features(x)`` is the pooled embedding (2560 for
-rexnet_200) that stage 5 dumps for the RNN.
+The network takes 3 channels (the lung, PE, mediastinal windows of a slice, or with
+``dataset.input: neighbours`` the PE window of slices z-1, z, z+1: rsna_pe.model_input) in the
+0-255 range, uint8 or float, and normalises inside ``forward`` with the backbone's pretrained
+mean/std, so later stages feed it the JPEGs'/npz's pixels as they are. ``features(x)`` is the
+pooled embedding (2560 for rexnet_200) that stage 5 dumps for the RNN.
 """
 import logging
 from pathlib import Path
@@ -19,7 +20,7 @@ from .folds import read_fold_csv, split_by_fold
 from .images import jpeg_name, read_jpeg
 from .labels import IMAGE_LABEL
 from .losses import build_loss
-from .model_input import resize_slice
+from .model_input import DEFAULT_INPUT, NEIGHBOURS, input_kind, neighbour_stack, resize_slice
 from .tasks import Task
 
 log = logging.getLogger(__name__)
@@ -155,6 +156,29 @@ def load_slice(path, size):
     return resize_slice(read_jpeg(path), size)
 
 
+def load_neighbours(paths, size):
+    """RGB uint8 (size, size, 3): the neighbour input of the middle one of three z-consecutive
+    stage-1 JPEGs (z-1, z, z+1; an edge slice's own file stands in for its missing neighbour),
+    stacked by rsna_pe.model_input as stages 5 and 7 stack it, then resized."""
+    imgs = np.stack([read_jpeg(p).transpose(2, 0, 1) for p in paths])
+    return resize_slice(np.ascontiguousarray(neighbour_stack(imgs)[1].transpose(1, 2, 0)), size)
+
+
+def neighbour_rows(df):
+    """int64 (N, 2): the row positions of each row's previous and next slice in its series
+    (by ``z_pos_order``); an edge slice is its own neighbour."""
+    n = len(df)
+    out = np.zeros((n, 2), np.int64)
+    if not n:
+        return out
+    series = df.groupby(["StudyInstanceUID", "SeriesInstanceUID"], sort=False).ngroup().to_numpy()
+    order = np.lexsort((df["z_pos_order"].to_numpy(), series))  # by series, then z
+    same = series[order][1:] == series[order][:-1]  # sorted row k and k+1 share a series
+    out[order, 0] = np.where(np.r_[False, same], np.r_[order[:1], order[:-1]], order)
+    out[order, 1] = np.where(np.r_[same, False], np.r_[order[1:], order[-1:]], order)
+    return out
+
+
 def build_train_transform(acfg, size):
     """The original's train augmentation (docs/training.md), pixel sizes scaled to ``size``."""
     import albumentations as A
@@ -182,7 +206,8 @@ def build_train_transform(acfg, size):
 
 
 class SliceDataset(torch.utils.data.Dataset):
-    """One JPEG slice -> (uint8 HWC tensor, float label).
+    """One JPEG slice -> (uint8 HWC tensor, float label); with ``neighbours`` (int (N, 2), the
+    rows of each slice's z-1 and z+1, see neighbour_rows) its neighbour input instead.
 
     Images stay uint8 and channel-last until the GPU: a stacked (B,H,W,3) batch permuted to
     (B,3,H,W) is already channels_last in memory, and 4x fewer bytes cross the bus than float.
@@ -190,18 +215,23 @@ class SliceDataset(torch.utils.data.Dataset):
     augmentation's pixel sizes are scaled to the training size).
     """
 
-    def __init__(self, files, labels, size, transform=None):
+    def __init__(self, files, labels, size, transform=None, neighbours=None):
         # One numpy array, not a list of str: workers then share it without copy-on-access.
         self.files = np.asarray([str(f).encode() for f in files])
         self.labels = np.asarray(labels, dtype=np.float32)
         self.size = size
         self.transform = transform
+        self.neighbours = None if neighbours is None else np.asarray(neighbours, np.int64)
 
     def __len__(self):
         return len(self.files)
 
     def __getitem__(self, i):
-        img = load_slice(self.files[i].decode(), self.size)
+        if self.neighbours is None:
+            img = load_slice(self.files[i].decode(), self.size)
+        else:
+            prev, nxt = self.neighbours[i]
+            img = load_neighbours([self.files[k].decode() for k in (prev, i, nxt)], self.size)
         if self.transform is not None:
             img = self.transform(image=img)["image"]
         return torch.from_numpy(np.ascontiguousarray(img)), torch.tensor(self.labels[i])
@@ -215,7 +245,7 @@ class SliceDataset(torch.utils.data.Dataset):
             self.transform.set_random_seed(seed % 2**32)
 
 
-def slice_dataset(df, root, size, transform=None):
+def slice_dataset(df, root, size, transform=None, kind=DEFAULT_INPUT):
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"JPEG folder not found: {root} (run src/make_image.py first)")
@@ -226,7 +256,8 @@ def slice_dataset(df, root, size, transform=None):
     files = [jpeg_path(root, st, se, z, sop) for st, se, z, sop in
              df[["StudyInstanceUID", "SeriesInstanceUID", "z_pos_order", "SOPInstanceUID"]]
              .itertuples(index=False)]
-    return SliceDataset(files, df[IMAGE_LABEL].to_numpy(np.float32), size, transform)
+    return SliceDataset(files, df[IMAGE_LABEL].to_numpy(np.float32), size, transform,
+                        neighbour_rows(df) if kind == NEIGHBOURS else None)
 
 
 # ----------------------------------------------------------------------------- task
@@ -243,6 +274,7 @@ class CNNTask(Task):
         """The network input size defaults to the experiment's JPEG size."""
         if not cfg["dataset"].get("size"):
             cfg["dataset"]["size"] = int(cfg["jpeg_size"])
+        input_kind(cfg)  # an unknown input kind stops before anything is written
         return cfg
 
     @staticmethod
@@ -273,8 +305,9 @@ class CNNTask(Task):
         if transform is not None:
             # Seeded from torch so a seeded run augments the same way without loader workers.
             transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
-        return (slice_dataset(train_df, root, size, transform),
-                slice_dataset(val_df, root, size, None))
+        kind = input_kind(self.cfg)
+        return (slice_dataset(train_df, root, size, transform, kind),
+                slice_dataset(val_df, root, size, None, kind))
 
     def step(self, model, batch, device):
         x, y = batch

@@ -19,7 +19,7 @@ from .errors import PipelineError
 from .labels import EXAM_LABELS, IMAGE_LABEL, study_series
 from .lungcrop import lung_box
 from .metric import postprocess
-from .model_input import from_windows
+from .model_input import input_kind, model_input, through_codec
 from .runs import check_pair, checkpoint_sha256, jpeg_settings
 
 log = logging.getLogger(__name__)
@@ -46,10 +46,11 @@ def run_prior(rnn_ckpt):
 
 
 class Ensemble:
-    """The CNN + LSTM pairs. Each CNN sees what it saw in training: the slice (cut to the
+    """The CNN + LSTM pairs. Each CNN sees what it saw in training: the slices (cut to the
     series' lung box if its JPEG set was lung-cropped) windowed at its JPEG set's size, through
-    that set's JPEG codec in memory, resized to its input size (rsna_pe.model_input);
-    ``jpeg_codec=False`` skips the codec (only to measure what it changes)."""
+    that set's JPEG codec in memory, made into its input kind and resized to its input size
+    (rsna_pe.model_input); ``jpeg_codec=False`` skips the codec (only to measure what it
+    changes)."""
 
     def __init__(self, pairs, device, chunk=256, amp=True, channels_last=True, compile=False, tta_flip=False,
                  jpeg_codec=True):
@@ -83,11 +84,15 @@ class Ensemble:
         self.sources = sources
         for cnn, cnn_ckpt, rnn, where in models:
             jpeg_size, quality, crop = jpeg_settings(cnn_ckpt, where)
-            spec = (jpeg_size, quality if jpeg_codec else 0, int(cnn_ckpt["config"]["dataset"]["size"]), crop)
+            cfg = cnn_ckpt["config"]
+            spec = (jpeg_size, quality if jpeg_codec else 0, int(cfg["dataset"]["size"]), crop,
+                    input_kind(cfg))
             self.members.append((spec, Embedder(cnn, device, **embed_kw), rnn.to(device).eval()))
-        # (JPEG size, quality (0: no codec), input size, lung crop margin (None: whole slices))
-        # of each distinct model input, in the order of the pairs
+        # (JPEG size, quality (0: no codec), input size, lung crop margin (None: whole slices),
+        # input kind) of each distinct model input, in the order of the pairs
         self.specs = list(dict.fromkeys(spec for spec, _, _ in self.members))
+        log.info("model inputs: %s", ", ".join(f"{n} px {kind} (JPEG {j} px{'' if c is None else ', lung crop'})"
+                                               for j, _, n, c, kind in self.specs))
 
     def read(self, series_dir):
         """-> (slices in z order, {spec: uint8 (S, 3, size, size)}): each file decoded once."""
@@ -98,12 +103,14 @@ class Ensemble:
         """``read``, plus the windowed slices at ``extra_sizes`` (e.g. viewer previews) from the
         same decode: -> (infos, {spec: model input}, {size: uint8 (S, 3, size, size)})."""
         # Each crop's box is found once per series, as stage 1 found it (None: no lungs, whole
-        # slices); the series is then windowed once per (JPEG size, box).
+        # slices); the series is then windowed once per (JPEG size, box) and goes through the
+        # codec once per JPEG set, whatever the models make of its slices.
         boxes = {c: lung_box(series_dir, c) for c in {s[3] for s in self.specs} if c is not None}
         view = lambda j, c: j if boxes.get(c) is None else (j, boxes[c])  # noqa: E731
-        views = list(dict.fromkeys([view(j, c) for j, _, _, c in self.specs] + list(extra_sizes)))
+        views = list(dict.fromkeys([view(j, c) for j, _, _, c, _ in self.specs] + list(extra_sizes)))
         infos, windowed = read_series_images(series_dir, views)
-        images = {(j, q, n, c): from_windows(windowed[view(j, c)], q or None, n) for j, q, n, c in self.specs}
+        decoded = {(j, q, c): through_codec(windowed[view(j, c)], q or None) for j, q, _, c, _ in self.specs}
+        images = {(j, q, n, c, k): model_input(decoded[j, q, c], k, n) for j, q, n, c, k in self.specs}
         return infos, images, {s: windowed[s] for s in extra_sizes}
 
     def crop_regions(self, series_dir):

@@ -16,6 +16,7 @@ import torch
 from . import provenance, runtime
 from . import labels as L  # read as L.LABELS at call time: the order is the code's, not an import's
 from .errors import PipelineError
+from .model_input import DEFAULT_INPUT, input_kind
 
 # Config keys that change how fast a run goes or where files are, not what it learns: changing
 # them keeps a run. Inputs are recorded by reference to their records instead of by path (so
@@ -24,6 +25,9 @@ _NOT_DECISIVE = ("config_file", "run_name", "output_dir", "wandb", "overwrite", 
 _NOT_DECISIVE_IN = {"train": ("num_workers", "val_batch_size", "log_every", "device", "compile",
                               "channels_last"),
                     "dataset": ("data_dir", "dump_root")}
+# Settings added after runs were first recorded: at their default they stay out of the record,
+# so a run made before them keeps its record (and resumes instead of stopping).
+_LATER_DEFAULTS = {"dataset": {"input": DEFAULT_INPUT}}
 RETRAIN = "retrain it (train_rsna.py with overwrite=true)"
 MADE_BY = {"jpegs": "make_image.py", "fold_csv": "make_csv.py", "npz": "make_npz.py",
            "dump": "dump_embeddings.py"}
@@ -65,6 +69,9 @@ def decisive_config(cfg):
     for block, keys in _NOT_DECISIVE_IN.items():
         if isinstance(out.get(block), dict):
             out[block] = {k: v for k, v in out[block].items() if k not in keys}
+    for block, defaults in _LATER_DEFAULTS.items():
+        if isinstance(out.get(block), dict):
+            out[block] = {k: v for k, v in out[block].items() if defaults.get(k, object()) != v}
     return out
 
 
@@ -144,17 +151,19 @@ def checkpoint_sha256(path):
 
 
 def dump_record(ckpt_path, ckpt, npz_root, out_dir):
-    """Stage 5: the checkpoint's content hash and input size, the label order of ``labels``,
-    the npz set as input."""
+    """Stage 5: the checkpoint's content hash and input size (and kind, other than the recipe's
+    windows), the label order of ``labels``, the npz set as input."""
     refs, _ = input_records({"npz": npz_root}, out_dir)
     trained_on = (ckpt["record"].get("inputs") or {}).get("jpegs", {}).get("digest")
     packed_from = (provenance.load(npz_root)["inputs"] or {}).get("jpegs", {}).get("digest")
     if trained_on and packed_from and trained_on != packed_from:
         raise PipelineError(f"{ckpt_path}: trained on another JPEG set than {npz_root} was packed "
                             "from; retrain the CNN or remake the npz set")
+    kind = input_kind(ckpt["config"])
     rec = provenance.make("dump_embeddings", {
         "checkpoint_sha256": checkpoint_sha256(ckpt_path),
-        "input_size": int(ckpt["config"]["dataset"]["size"]), "labels": list(L.LABELS)}, refs)
+        "input_size": int(ckpt["config"]["dataset"]["size"]), "labels": list(L.LABELS),
+        **({} if kind == DEFAULT_INPUT else {"input": kind})}, refs)
     rec["info"]["checkpoint"] = str(ckpt_path)
     return rec
 
