@@ -64,7 +64,8 @@ def summary(name, res, prior, labels):
     """The JSON-ready numbers of one scored submission (plus the prior's on its studies)."""
     out = {"name": name, **{k: res[k] for k in ("score", "n_studies", "n_images", "n_studies_total",
                                                  "n_unmatched", "n_inconsistent")}}
-    out["per_label"] = {r.label: {"logloss": _num(r.logloss), "auc": _num(r.auc)}
+    out["per_label"] = {r.label: {"logloss": _num(r.logloss), "auc": _num(r.auc),
+                                  "auc_positive": _num(r.auc_positive)}
                         for r in res["per_label"].itertuples()}
     if prior is not None:
         pres = prior_result(prior, labels, res["covered"])
@@ -97,11 +98,12 @@ def print_report(report):
 
     s = rows[-1]
     print(f"\nper label ({'cross-validation' if 'cross_validation' in report else s['name']}):")
-    print(f"{'label':<24}{'logloss':>9}{'auc':>9}" + (f"{'prior':>9}" if prior else ""))
+    print(f"{'label':<24}{'logloss':>9}{'auc':>9}{'auc_pos':>9}" + (f"{'prior':>9}" if prior else ""))
     for label, r in s["per_label"].items():
-        line = f"{label:<24} {_fmt(r['logloss'])} {_fmt(r['auc'])}"
+        line = f"{label:<24} {_fmt(r['logloss'])} {_fmt(r['auc'])} {_fmt(r['auc_positive'])}"
         print(line + (f" {_fmt(r['prior_logloss'])}" if prior else ""))
-    print(f"{'weighted score':<24} {_fmt(s['score'])} {'':>8}" + (f" {_fmt(s['prior_score'])}" if prior else ""))
+    print(f"{'weighted score':<24} {_fmt(s['score'])} {'':>8} {'':>8}" + (f" {_fmt(s['prior_score'])}" if prior else ""))
+    print("auc_pos = AUC among the PE-positive studies of the truth (neither negative nor indeterminate)")
 
 
 def main(argv=None):

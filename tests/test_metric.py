@@ -368,7 +368,7 @@ def test_score_submission_scores_only_covered_studies():
     want = hand_score(lab.exam_true[keep], exam_pred[keep], [lab.img_true[i] for i in keep],
                       [img_pred[i] for i in keep])
     assert res["score"] == pytest.approx(want, rel=1e-12)
-    assert list(res["per_label"].columns) == ["label", "logloss", "auc"]
+    assert list(res["per_label"].columns) == ["label", "logloss", "auc", "auc_positive"]
     # A covered study must be complete.
     with pytest.raises(PipelineError, match="missing id s2_img1"):
         metric.score_submission(part[part["id"] != "s2_img1"], df)

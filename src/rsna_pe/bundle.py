@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from . import exam_targets
 from .checkpoint import read_checkpoint
 from .errors import PipelineError
 from .io import atomic_dir
@@ -48,10 +49,11 @@ def _json_bytes(obj):
     return (json.dumps(obj, indent=1, sort_keys=False) + "\n").encode()
 
 
-def output_labels(kind):
-    """Label order of a model's outputs."""
+def output_labels(kind, cfg=None):
+    """Label order of a model's outputs (a CNN's exam outputs: rsna_pe.exam_targets)."""
     if kind == "cnn":
-        return {"image": [IMAGE_LABEL]}
+        extra = exam_targets.target_labels((cfg or {}).get("model"))
+        return {"image": [IMAGE_LABEL], **({"exam": list(extra)} if extra else {})}
     return {"image": [IMAGE_LABEL], "exam": list(EXAM_LABELS)}
 
 
@@ -61,7 +63,7 @@ def _model_entry(kind, path, ckpt, name):
     ds = cfg.get("dataset", {})
     entry = {"name": name, "kind": kind, "weights": f"{name}.safetensors", "config": cfg,
              "record": ckpt.get("record"),
-             "labels": output_labels(kind),
+             "labels": output_labels(kind, cfg),
              "source": {"run_name": cfg.get("run_name"), "fold": ds.get("fold"),
                         "checkpoint": Path(path).name, "epoch": ckpt.get("epoch"),
                         "step": ckpt.get("step"), "metrics": ckpt.get("metrics", {})}}
@@ -195,9 +197,10 @@ def _load_model(bundle, manifest, name, device):
 
     path = Path(bundle) / f"{name}.json"
     entry = json.loads(read_verified(bundle, manifest, path.name))
-    if entry.get("labels") != output_labels(entry.get("kind")):
+    want = output_labels(entry.get("kind"), entry.get("config"))
+    if entry.get("labels") != want:
         raise PipelineError(f"{path}: output labels {entry.get('labels')} are not in this code's "
-                            f"order {output_labels(entry.get('kind'))}")
+                            f"order {want}")
     model = get_task(without_pretrained(entry["config"])).build_model()
     weights = Path(bundle) / entry["weights"]
     try:

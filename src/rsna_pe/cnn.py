@@ -14,7 +14,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from . import labels, paths
+from . import exam_targets, labels, paths
 from .errors import PipelineError
 from .folds import read_fold_csv, split_by_fold
 from .images import jpeg_name, read_jpeg
@@ -53,10 +53,14 @@ POOLS = {"gem": GeM, "avg": AvgPool}
 
 
 class RSNACNN(nn.Module):
-    """timm backbone (feature map) -> pool -> dropout -> Linear-BN-ReLU-Linear -> 1 logit."""
+    """timm backbone (feature map) -> pool -> dropout -> Linear-BN-ReLU-Linear -> 1 logit.
+
+    With ``exam_labels`` (rsna_pe.exam_targets) a second head of the same shape on the same
+    features gives one logit per exam label, trained per slice so the features carry them.
+    """
 
     def __init__(self, backbone, pool="gem", pool_params=None, dropout=0.5, hidden=256,
-                 mean=None, std=None):
+                 mean=None, std=None, exam_labels=()):
         super().__init__()
         self.backbone = backbone
         if pool not in POOLS:
@@ -67,6 +71,10 @@ class RSNACNN(nn.Module):
         self.drop = nn.Dropout(dropout)
         self.head = nn.Sequential(nn.Linear(n, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, 1))
+        self.exam_labels = tuple(exam_labels)
+        if self.exam_labels:  # built after the image head: the recipe's init draws stay the same
+            self.exam_head = nn.Sequential(nn.Linear(n, hidden), nn.BatchNorm1d(hidden),
+                                           nn.ReLU(inplace=True), nn.Linear(hidden, len(self.exam_labels)))
         data_cfg = backbone.pretrained_cfg or {}
         mean = mean or data_cfg.get("mean", (0.485, 0.456, 0.406))
         std = std or data_cfg.get("std", (0.229, 0.224, 0.225))
@@ -79,9 +87,19 @@ class RSNACNN(nn.Module):
         x = (x.float() - self.mean) / self.std
         return self.pool(self.backbone.forward_features(x))
 
-    def forward(self, x):
-        """(B,3,H,W) RGB 0-255 -> (B,) logits of pe_present_on_image."""
-        return self.head(self.drop(self.features(x))).squeeze(-1)
+    def forward(self, x, with_exam=False):
+        """(B,3,H,W) RGB 0-255 -> (B,) logits of pe_present_on_image; ``with_exam``: (B, 1 + K),
+        the image logit then the exam labels' (training calls this through the module, so
+        DDP and torch.compile see it)."""
+        h = self.drop(self.features(x))
+        image = self.head(h)
+        if not with_exam:
+            return image.squeeze(-1)
+        return torch.cat([image, self.exam_head(h)], dim=1) if self.exam_labels else image
+
+    def all_logits(self, x):
+        """(B, 1 + K) logits in ``output_labels`` order: pe_present_on_image, then exam_labels."""
+        return self(x, with_exam=True)
 
 
 def _no_weights_error(name, err):
@@ -141,7 +159,8 @@ def build_cnn(mcfg):
         if mcfg.get("pool", "gem") == "gem" else {}
     return RSNACNN(backbone, pool=mcfg.get("pool", "gem"), pool_params=pool_params,
                    dropout=mcfg.get("dropout", 0.5), hidden=mcfg.get("hidden", 256),
-                   mean=mcfg.get("mean"), std=mcfg.get("std"))
+                   mean=mcfg.get("mean"), std=mcfg.get("std"),
+                   exam_labels=exam_targets.target_labels(mcfg))
 
 
 # ----------------------------------------------------------------------------- data
@@ -179,8 +198,9 @@ def neighbour_rows(df):
     return out
 
 
-def build_train_transform(acfg, size):
-    """The original's train augmentation (docs/training.md), pixel sizes scaled to ``size``."""
+def build_train_transform(acfg, size, record_flips=False):
+    """The original's train augmentation (docs/training.md), pixel sizes scaled to ``size``;
+    ``record_flips``: each result names the transforms it applied (a flip swaps side targets)."""
     import albumentations as A
 
     s = size / REFERENCE_SIZE
@@ -202,7 +222,7 @@ def build_train_transform(acfg, size):
             A.GridDropout(ratio=drop["grid_ratio"], unit_size_range=(ulo, min(uhi, size)),
                           random_offset=True, fill=0),
         ], p=drop["p"]),
-    ])
+    ], save_applied_params=record_flips)
 
 
 class SliceDataset(torch.utils.data.Dataset):
@@ -215,13 +235,18 @@ class SliceDataset(torch.utils.data.Dataset):
     augmentation's pixel sizes are scaled to the training size).
     """
 
-    def __init__(self, files, labels, size, transform=None, neighbours=None):
+    def __init__(self, files, labels, size, transform=None, neighbours=None, weights=None,
+                 flip_order=None):
         # One numpy array, not a list of str: workers then share it without copy-on-access.
         self.files = np.asarray([str(f).encode() for f in files])
         self.labels = np.asarray(labels, dtype=np.float32)
         self.size = size
         self.transform = transform
         self.neighbours = None if neighbours is None else np.asarray(neighbours, np.int64)
+        # Exam targets (rsna_pe.exam_targets): labels (N, 1+K), their weights (N, K), and the
+        # target order of a flipped image; items are then (image, labels, weights).
+        self.weights = weights
+        self.flip_order = flip_order
 
     def __len__(self):
         return len(self.files)
@@ -232,9 +257,17 @@ class SliceDataset(torch.utils.data.Dataset):
         else:
             prev, nxt = self.neighbours[i]
             img = load_neighbours([self.files[k].decode() for k in (prev, i, nxt)], self.size)
+        y = self.labels[i]
         if self.transform is not None:
-            img = self.transform(image=img)["image"]
-        return torch.from_numpy(np.ascontiguousarray(img)), torch.tensor(self.labels[i])
+            out = self.transform(image=img)
+            img = out["image"]
+            if self.flip_order is not None and any(name == "HorizontalFlip" for name, _ in
+                                                   out["applied_transforms"]):
+                y = y[self.flip_order]
+        img = torch.from_numpy(np.ascontiguousarray(img))
+        if self.weights is None:
+            return img, torch.tensor(y)
+        return img, torch.from_numpy(y.copy()), torch.from_numpy(self.weights[i])
 
     def worker_init(self, seed):
         """Called in each loader worker: one thread per worker (16 workers x N cv2/torch
@@ -245,7 +278,7 @@ class SliceDataset(torch.utils.data.Dataset):
             self.transform.set_random_seed(seed % 2**32)
 
 
-def slice_dataset(df, root, size, transform=None, kind=DEFAULT_INPUT):
+def slice_dataset(df, root, size, transform=None, kind=DEFAULT_INPUT, exam_labels=()):
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"JPEG folder not found: {root} (run src/make_image.py first)")
@@ -256,18 +289,25 @@ def slice_dataset(df, root, size, transform=None, kind=DEFAULT_INPUT):
     files = [jpeg_path(root, st, se, z, sop) for st, se, z, sop in
              df[["StudyInstanceUID", "SeriesInstanceUID", "z_pos_order", "SOPInstanceUID"]]
              .itertuples(index=False)]
-    return SliceDataset(files, df[IMAGE_LABEL].to_numpy(np.float32), size, transform,
-                        neighbour_rows(df) if kind == NEIGHBOURS else None)
+    image = df[IMAGE_LABEL].to_numpy(np.float32)
+    neighbours = neighbour_rows(df) if kind == NEIGHBOURS else None
+    if not exam_labels:
+        return SliceDataset(files, image, size, transform, neighbours)
+    y, w = exam_targets.slice_targets(df, exam_labels)
+    return SliceDataset(files, np.column_stack([image, y]), size, transform, neighbours, w,
+                        exam_targets.flip_order(exam_labels))
 
 
 # ----------------------------------------------------------------------------- task
 class CNNTask(Task):
-    """Slice classifier on ``pe_present_on_image``."""
+    """Slice classifier on ``pe_present_on_image`` (and optionally exam labels per slice)."""
 
     def __init__(self, cfg):
         super().__init__(cfg)
         self.loss_fn = build_loss(cfg["loss"])
         self.channels_last = cfg.get("train", {}).get("channels_last", True)
+        self.exam_labels = exam_targets.target_labels(cfg["model"])
+        self.exam_weight = exam_targets.loss_weight(cfg["model"])
 
     @staticmethod
     def resolve_config(cfg):
@@ -278,8 +318,10 @@ class CNNTask(Task):
         return cfg
 
     @staticmethod
-    def output_labels():
-        return [labels.IMAGE_LABEL]
+    def output_labels(cfg):
+        """The image logit, then the exam labels of ``model.exam_targets`` (dump and inference
+        read only the features and the image logit)."""
+        return [labels.IMAGE_LABEL, *exam_targets.target_labels(cfg.get("model"))]
 
     @staticmethod
     def input_sets(cfg):
@@ -294,42 +336,61 @@ class CNNTask(Task):
     def datasets(self):
         dcfg = self.cfg["dataset"]
         src, size, crop = self.cfg["jpeg_size"], dcfg["size"], paths.crop_of(self.cfg)
-        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src, crop), [IMAGE_LABEL])
+        names = self.exam_labels
+        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src, crop),
+                           exam_targets.columns(names) if names else [IMAGE_LABEL])
         train_df, val_df = split_by_fold(df, dcfg["fold"], dcfg["k_fold"])
         if len(train_df) == 0 or len(val_df) == 0:
             raise PipelineError(f"fold {dcfg['fold']} leaves an empty train or val set in "
                                 f"{paths.fold_csv(dcfg['data_dir'], src, crop)}")
         root = paths.jpeg_dir(dcfg["data_dir"], src, crop=crop)
         aug = self.cfg.get("augment")
-        transform = build_train_transform(aug, size) if aug and aug.get("enabled", True) else None
+        transform = build_train_transform(aug, size, bool(names)) \
+            if aug and aug.get("enabled", True) else None
         if transform is not None:
             # Seeded from torch so a seeded run augments the same way without loader workers.
             transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
         kind = input_kind(self.cfg)
-        return (slice_dataset(train_df, root, size, transform, kind),
-                slice_dataset(val_df, root, size, None, kind))
+        return (slice_dataset(train_df, root, size, transform, kind, names),
+                slice_dataset(val_df, root, size, None, kind, names))
 
     def step(self, model, batch, device):
-        x, y = batch
+        x, y = batch[:2]
         # (B,H,W,3) uint8 -> (B,3,H,W) view whose memory is channels_last; the model
         # converts to float and normalises on the device.
         x = x.to(device, non_blocking=True).permute(0, 3, 1, 2)
         if not self.channels_last:
             x = x.contiguous()
         y = y.to(device, non_blocking=True)
+        if self.exam_labels:
+            return self._exam_step(model, x, y, batch[2].to(device, non_blocking=True))
         logits = model(x)
         loss = self.loss_fn(logits.float(), y)
         if model.training:
             return loss, {}  # no device->host copy (a sync) on training steps
         return loss, {"logits": logits.detach().float().cpu(), "labels": y.cpu()}
 
+    def _exam_step(self, model, x, y, w):
+        logits = model(x, with_exam=True).float()
+        loss = self.loss_fn(logits[:, 0], y[:, 0]) + \
+            self.exam_weight * exam_targets.exam_loss(logits[:, 1:], y[:, 1:], w)
+        if model.training:
+            return loss, {}
+        return loss, {"logits": logits.detach().cpu(), "labels": y.cpu(), "weights": w.cpu()}
+
     def val_metrics(self, outs):
         from sklearn.metrics import roc_auc_score
 
         logits = torch.cat([o["logits"] for o in outs])
         labels = torch.cat([o["labels"] for o in outs])
+        extra = {}
+        if self.exam_labels:
+            extra = exam_targets.exam_metrics(self.loss_fn, logits, labels,
+                                              torch.cat([o["weights"] for o in outs]),
+                                              self.exam_labels, self.exam_weight)
+            logits, labels = logits[:, 0], labels[:, 0]
         loss = float(self.loss_fn(logits, labels))
         acc = float(((logits > 0).float() == labels).float().mean())
         y = labels.numpy()
         auc = float(roc_auc_score(y, logits.numpy())) if 0 < y.sum() < len(y) else float("nan")
-        return {"val_loss": loss, "val_acc": acc, "val_auc": auc}
+        return {"val_loss": loss, "val_acc": acc, "val_auc": auc, **extra}

@@ -302,7 +302,7 @@ class RNNTask(Task):
         return build_rnn(self.cfg["model"])
 
     @staticmethod
-    def output_labels():
+    def output_labels(cfg=None):
         """Exam logits in EXAM_LABELS order, then the image logit: LABELS."""
         return list(labels.LABELS)
 

@@ -3,7 +3,8 @@
 They extend the chain of rsna_pe.provenance: a ``record.json`` beside the outputs whose params
 hold what decides them and whose inputs reference the records they were made from; every
 checkpoint carries its run's record too. Records name the order of the labels their outputs
-stand for (a CNN: ``pe_present_on_image``; a head and a dump: LABELS): a checkpoint, dump or
+stand for (a CNN: ``pe_present_on_image``, then any exam labels it also learns per slice; a
+head and a dump: LABELS): a checkpoint, dump or
 head made with another order is refused, never read by position.
 """
 import copy
@@ -53,7 +54,7 @@ def check_labels(recorded, expected, where, remedy):
 def output_labels(cfg):
     """The labels a network's outputs stand for, in order, as this code defines them."""
     from .tasks import task_class
-    return list(task_class(cfg).output_labels())
+    return list(task_class(cfg).output_labels(cfg))
 
 
 def check_checkpoint(ckpt, path):
@@ -72,6 +73,9 @@ def decisive_config(cfg):
     for block, defaults in _LATER_DEFAULTS.items():
         if isinstance(out.get(block), dict):
             out[block] = {k: v for k, v in out[block].items() if defaults.get(k, object()) != v}
+    model = out.get("model")
+    if isinstance(model, dict) and not (model.get("exam_targets") or {}).get("labels"):
+        model.pop("exam_targets", None)  # off: recorded as runs made before the option were
     return out
 
 

@@ -58,13 +58,16 @@ def _auc(y, p):
 
 
 def per_label_log_loss(exam_true, exam_pred, img_true, img_pred):
-    """Per-label DataFrame ``label, logloss, auc`` (LABELS order), unweighted across labels.
+    """Per-label DataFrame ``label, logloss, auc, auc_positive`` (LABELS order), unweighted
+    across labels.
 
     Exam labels: mean BCE over studies. Image label: BCE weighted by q_i exactly as in the
     score (sum_i sum_j q_i BCE_ij / sum_i n_i q_i), so images of negative studies do not count
     and the score is the label-weighted mean of these numbers; NaN without positive images.
     AUC (sklearn roc_auc_score) over studies, and over all images for the image label; NaN
-    when only one class is present.
+    when only one class is present. ``auc_positive``: the same AUC among the studies whose truth
+    is PE-positive (neither negative_exam_for_pe nor indeterminate), the question the location,
+    RV/LV and chronicity labels answer (over all studies, negatives make them look easy).
     """
     exam_true = exam_array(exam_true, "exam_true")
     exam_pred = exam_array(exam_pred, "exam_pred")
@@ -72,15 +75,19 @@ def per_label_log_loss(exam_true, exam_pred, img_true, img_pred):
     yt, lengths = flat(img_true, n, "img_true")
     yp, _ = flat(img_pred, n, "img_pred")
     q_img, _ = _image_q(yt, lengths)
+    pos = (exam_true[:, EXAM_LABELS.index("negative_exam_for_pe")] == 0) & \
+        (exam_true[:, EXAM_LABELS.index("indeterminate")] == 0)
     rows = []
     bce = _bce(exam_true, exam_pred)
     for k, label in enumerate(EXAM_LABELS):
         rows.append((label, float(bce[:, k].mean()) if n else float("nan"),
-                     _auc(exam_true[:, k], exam_pred[:, k])))
+                     _auc(exam_true[:, k], exam_pred[:, k]),
+                     _auc(exam_true[pos, k], exam_pred[pos, k])))
     den = float(q_img.sum())
     img_ll = float((q_img * _bce(yt, yp)).sum()) / den if den > 0 else float("nan")
-    rows.append((IMAGE_LABEL, img_ll, _auc(yt, yp)))
-    return pd.DataFrame(rows, columns=["label", "logloss", "auc"])
+    img_pos = np.repeat(pos, lengths)
+    rows.append((IMAGE_LABEL, img_ll, _auc(yt, yp), _auc(yt[img_pos], yp[img_pos])))
+    return pd.DataFrame(rows, columns=["label", "logloss", "auc", "auc_positive"])
 
 
 def score_predictions(labels, exam_pred, img_pred):
