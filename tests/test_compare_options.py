@@ -77,3 +77,12 @@ def test_table_gives_mean_and_spread_over_seeds():
     assert cells[:6] == ["gru", "2", "0.3500 ± 0.0500", "0.70 ± 0.10", "0.2500 ± 0.0500",
                          "0.62 ± 0.12"]
     assert cells[6:13] == ["0.80 ± 0.00"] * 7 and cells[13:] == ["10 ± 0", "4 ± 0"]
+
+
+def test_every_option_has_its_configs_in_both_trees():
+    for option, (cnns, pairs, _) in co.OPTIONS.items():
+        for root in (REPO / "configs", REPO / "configs" / "demo"):
+            for stage, names in (("train_cnn", cnns), ("dump_embeddings", cnns),
+                                 ("train_rnn", [r for r, _ in pairs])):
+                for name in names:
+                    assert (root / stage / f"rexnet200_{name}.yml").is_file(), (option, root, stage, name)

@@ -111,6 +111,22 @@ def test_forward_keeps_the_image_logit_and_all_logits_adds_the_exam_ones():
     assert all(torch.equal(a, b) for a, b in zip(off.state_dict().values(), plain.state_dict().values()))
 
 
+def test_embedding_ends_with_the_logits_only_when_asked():
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (3, 3, SIZE, SIZE), dtype=torch.uint8)
+    spec = tiny_model()["exam_targets"]
+    m = build_cnn(tiny_model(exam_targets={**spec, "in_embedding": True})).eval()
+    plain = build_cnn(tiny_model()).eval()
+    with torch.no_grad():
+        emb, feats, logits = m.embedding(x), m.features(x), m.all_logits(x)
+        assert torch.equal(plain.embedding(x), plain.features(x))
+    assert emb.shape == (3, feats.shape[1] + 1 + len(NAMES))
+    assert torch.equal(emb[:, :feats.shape[1]], feats)
+    assert torch.allclose(emb[:, feats.shape[1]:], logits, atol=1e-6)
+    with pytest.raises(PipelineError, match="in_embedding needs"):
+        build_cnn(tiny_model(exam_targets={"labels": [], "in_embedding": True}))
+
+
 def test_output_labels_and_the_recorded_config():
     cfg = load_config(CNN_CFG)
     assert CNNTask.output_labels(cfg) == [IMAGE_LABEL, "chronic_pe", "acute_and_chronic_pe", "central_pe",
@@ -182,7 +198,8 @@ def test_dump_head_and_inference_take_the_cnn(workspace, tmp_path, monkeypatch):
     dump_embeddings.main(["-c", str(DEMO / "dump_embeddings" / "rexnet200_examlabels.yml"), *DUMP_ARGS])
     train_rsna.main(["-c", str(DEMO / "train_rnn" / "rexnet200_examlabels.yml"), *RNN_FAST])
     dumped = list((trained_ws / "dump" / "v1" / "rexnet200_examlabels" / "fold_0").rglob("*.npz"))
-    assert dumped and np.load(dumped[0])["embeddings"].shape[1] == 2560
+    # the demo config hands the head the CNN's 1 + 7 logits after the 2560 features
+    assert dumped and np.load(dumped[0])["embeddings"].shape[1] == 2560 + 8
     assert infer("models=[{cnn: rexnet200_examlabels, rnn: rexnet200_examlabels}]") == 0
     sub = pd.read_csv(trained_ws / "output" / "inference" / "rexnet200" / "submission.csv")
     assert len(sub) and sub["label"].between(0, 1).all()

@@ -172,7 +172,7 @@ def test_unchanged_rerun_writes_nothing_and_other_margin_stops(syn, monkeypatch)
 class _Features(torch.nn.Module):
     """Stands in for a CNN: only the ensemble's reading is under test here."""
 
-    def features(self, x):
+    def embedding(self, x):
         return x.float().mean((2, 3))
 
 

@@ -60,7 +60,7 @@ class RSNACNN(nn.Module):
     """
 
     def __init__(self, backbone, pool="gem", pool_params=None, dropout=0.5, hidden=256,
-                 mean=None, std=None, exam_labels=()):
+                 mean=None, std=None, exam_labels=(), logits_in_embedding=False):
         super().__init__()
         self.backbone = backbone
         if pool not in POOLS:
@@ -72,6 +72,7 @@ class RSNACNN(nn.Module):
         self.head = nn.Sequential(nn.Linear(n, hidden), nn.BatchNorm1d(hidden), nn.ReLU(inplace=True),
                                   nn.Linear(hidden, 1))
         self.exam_labels = tuple(exam_labels)
+        self.logits_in_embedding = bool(logits_in_embedding)
         if self.exam_labels:  # built after the image head: the recipe's init draws stay the same
             self.exam_head = nn.Sequential(nn.Linear(n, hidden), nn.BatchNorm1d(hidden),
                                            nn.ReLU(inplace=True), nn.Linear(hidden, len(self.exam_labels)))
@@ -86,6 +87,14 @@ class RSNACNN(nn.Module):
         """(B,3,H,W) RGB 0-255 -> (B, num_features) pooled embedding (before dropout/head)."""
         x = (x.float() - self.mean) / self.std
         return self.pool(self.backbone.forward_features(x))
+
+    def embedding(self, x):
+        """What stages 5 and 7 hand to the head: the pooled features, followed by the logits of
+        ``all_logits`` when the CNN was built with ``logits_in_embedding`` (call in eval mode)."""
+        f = self.features(x)
+        if not self.logits_in_embedding:
+            return f
+        return torch.cat([f, self.head(f).float(), self.exam_head(f).float()], dim=1)
 
     def forward(self, x, with_exam=False):
         """(B,3,H,W) RGB 0-255 -> (B,) logits of pe_present_on_image; ``with_exam``: (B, 1 + K),
@@ -160,7 +169,8 @@ def build_cnn(mcfg):
     return RSNACNN(backbone, pool=mcfg.get("pool", "gem"), pool_params=pool_params,
                    dropout=mcfg.get("dropout", 0.5), hidden=mcfg.get("hidden", 256),
                    mean=mcfg.get("mean"), std=mcfg.get("std"),
-                   exam_labels=exam_targets.target_labels(mcfg))
+                   exam_labels=exam_targets.target_labels(mcfg),
+                   logits_in_embedding=exam_targets.in_embedding(mcfg))
 
 
 # ----------------------------------------------------------------------------- data

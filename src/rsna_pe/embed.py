@@ -44,7 +44,7 @@ class Embedder:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
-        self.features = torch.compile(model.features, dynamic=not self.pad) if compile else model.features
+        self.features = torch.compile(model.embedding, dynamic=not self.pad) if compile else model.embedding
         self.tta_flip = tta_flip
 
     def to_device(self, imgs):

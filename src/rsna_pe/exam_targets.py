@@ -35,6 +35,16 @@ def target_labels(mcfg):
     return tuple(n for n in EXAM_LABELS if n in names)
 
 
+def in_embedding(mcfg):
+    """``model.exam_targets.in_embedding``: the embedding the dump and inference hand to the
+    head ends with the CNN's own logits (image, then exam labels), so a head trained on a few
+    hundred exams need not find those directions again in 2560 dimensions."""
+    spec = (mcfg or {}).get("exam_targets") or {}
+    if spec.get("in_embedding") and not target_labels(mcfg):
+        raise PipelineError("model.exam_targets.in_embedding needs model.exam_targets.labels")
+    return bool(spec.get("in_embedding"))
+
+
 def loss_weight(mcfg):
     return float(((mcfg or {}).get("exam_targets") or {}).get("weight", 1.0))
 
