@@ -35,20 +35,21 @@ POSITIVE_LABELS = ("rightsided_pe", "leftsided_pe", "central_pe", "rv_lv_ratio_g
 # option: (CNN variants it trains, (head config, CNN variant) pairs it ensembles, what it is).
 # Config names are rexnet200_<name>.yml in configs/{train_cnn,dump_embeddings,train_rnn}.
 OPTIONS = {
-    "recipe": (["bce", "focal"], [("bce", "bce"), ("focal", "focal")],
-               "the recipe: BCE and focal CNNs, LSTM heads, 6 pairs"),
     "recipe_bce": (["bce"], [("bce", "bce")], "the recipe's BCE half, 3 pairs (reference)"),
+    "examlabels": (["examlabels"], [("examlabels", "examlabels")],
+                   "CNN: exam labels as extra slice targets, logits to the head"),
+    "combined": (["combined"], [("combined", "combined")],
+                 "neighbours + lung crop + exam labels, metric-weighted head"),
+    "neighbours": (["neighbours"], [("neighbours", "neighbours")],
+                   "CNN input: PE window of slices z-1, z, z+1"),
+    "lungcrop": (["lungcrop"], [("lungcrop", "lungcrop")], "stage 1: crop to the lungs"),
     "gru": (["bce"], [("bce_gru", "bce")], "head: GRU instead of LSTM"),
     "transformer": (["bce"], [("bce_transformer", "bce")], "head: transformer encoder"),
     "neighbourdiff": (["bce"], [("bce_neighbourdiff", "bce")],
                       "head: features + differences to neighbouring slices"),
     "metricloss": (["bce"], [("bce_metricloss", "bce")], "head: metric-weighted loss"),
-    "neighbours": (["neighbours"], [("neighbours", "neighbours")],
-                   "CNN input: PE window of slices z-1, z, z+1"),
-    "lungcrop": (["lungcrop"], [("lungcrop", "lungcrop")], "stage 1: crop to the lungs"),
-    "examlabels": (["examlabels"], [("examlabels", "examlabels")],
-                   "CNN: exam labels as extra slice targets"),
-    "combined": (["combined"], [("combined", "combined")], "the recommended combination"),
+    "recipe": (["bce", "focal"], [("bce", "bce"), ("focal", "focal")],
+               "the recipe: BCE and focal CNNs, LSTM heads, 6 pairs"),
 }
 # Stage-1/2/4 configs to run for the data before any option (the lung-cropped set only when a
 # CNN variant reads it).
