@@ -193,8 +193,8 @@ def collect(ws, options, seeds, log_path):
     if log_path.exists():
         for line in log_path.read_text().splitlines():
             r = json.loads(line)
-            if r["rc"] == 0:
-                times[r["task"]] = r["seconds"]
+            if r["rc"] == 0:  # the first success made the outputs; later ones skipped them
+                times.setdefault(r["task"], r["seconds"])
     out = {}
     for o in options:
         for s in seeds:
@@ -260,6 +260,9 @@ def main(argv=None):
     p.add_argument("--slices", nargs=2, default=["8", "12"])
     p.add_argument("--matrix", default="256")
     p.add_argument("--table", type=Path, help="write the markdown table here")
+    p.add_argument("--add-results", type=Path, nargs="*", default=[], metavar="JSON",
+                   help="results.json of other sweeps (other seeds, e.g. from another machine) "
+                        "to tabulate with this one's")
     p.add_argument("--cnn-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra override for every CNN run (repeatable)")
     args = p.parse_args(argv)
@@ -275,6 +278,13 @@ def main(argv=None):
     def report(name=None):  # after every scoring run, so a stopped sweep still leaves a table
         if name is None or "/score_" in name:
             results = collect(ws, args.options, args.seeds, log_path)
+            for extra in args.add_results:  # this sweep's seeds win over another's same seeds
+                for o, per_seed in json.loads(extra.read_text()).items():
+                    if o in results or o in args.options:
+                        results.setdefault(o, {})
+                        for s, r in per_seed.items():
+                            results[o].setdefault(int(s), r)
+                results = {o: dict(sorted(results[o].items())) for o in OPTIONS if o in results}
             (ws / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             if args.table:
                 args.table.write_text(table(results))
