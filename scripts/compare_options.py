@@ -187,7 +187,16 @@ def prepare(ws, configs, options, args):
             (d / "data").symlink_to("../data")
 
 
-def collect(ws, options, seeds, log_path):
+def this_machine():
+    """Where the runs' times were measured: they compare only within one machine."""
+    import torch
+
+    if torch.cuda.is_available():
+        return torch.cuda.get_device_name(0)
+    return f"CPU, {os.cpu_count()} cores"
+
+
+def collect(ws, options, seeds, log_path, machine):
     """results[option][seed] = test/cv scores, priors, AUCs among positives, seconds."""
     times = {}
     if log_path.exists():
@@ -207,7 +216,7 @@ def collect(ws, options, seeds, log_path):
                 test=test["score"], test_prior=test["prior_score"], cv=cv["score"],
                 cv_prior=cv["prior_score"],
                 auc_positive={k: cv["per_label"][k].get("auc_positive") for k in POSITIVE_LABELS},
-                seconds=option_seconds(times, o, s))
+                seconds=option_seconds(times, o, s), machine=machine)
     return out
 
 
@@ -228,8 +237,9 @@ def _ms(values, digits=4):
     return f"{v.mean():.{digits}f} ± {v.std():.{digits}f}" if len(v) > 1 else f"{v[0]:.{digits}f}"
 
 
-def table(results):
-    """Markdown: one row per option, mean ± spread (population std) over the seeds run."""
+def table(results, machine=None):
+    """Markdown: one row per option, mean ± spread (population std) over the seeds run; the
+    times only of the runs made on ``machine`` (all when None)."""
     short = ("right", "left", "central", "RV/LV≥1", "RV/LV<1", "chronic", "acute+chr")
     head = ["option", "seeds", "test", "test/prior", "CV", "CV/prior", *short,
             "CNN+dump s", "head+inf s"]
@@ -238,7 +248,8 @@ def table(results):
         r = list(per_seed.values())
         ratio = lambda k: _ms([x[k] / x[k + "_prior"] for x in r], 2)  # noqa: E731
         aucs = [_ms([x["auc_positive"][k] for x in r], 2) for k in POSITIVE_LABELS]
-        secs = [_ms([x["seconds"][k] for x in r], 0) for k in ("cnn_dump", "head_inference")]
+        timed = [x for x in r if machine is None or x.get("machine") == machine]
+        secs = [_ms([x["seconds"][k] for x in timed], 0) for k in ("cnn_dump", "head_inference")]
         rows.append("| " + " | ".join([o, str(len(r)), _ms([x["test"] for x in r]), ratio("test"),
                                        _ms([x["cv"] for x in r]), ratio("cv"), *aucs, *secs]) + " |")
     return "\n".join(rows) + "\n"
@@ -273,21 +284,21 @@ def main(argv=None):
     os.environ.setdefault("WANDB_MODE", "disabled")
     start = time.time()
     prepare(ws, configs, args.options, args)
-    log_path = ws / "runs.jsonl"
+    log_path, machine = ws / "runs.jsonl", this_machine()
 
     def report(name=None):  # after every scoring run, so a stopped sweep still leaves a table
         if name is None or "/score_" in name:
-            results = collect(ws, args.options, args.seeds, log_path)
+            results = collect(ws, args.options, args.seeds, log_path, machine)
             for extra in args.add_results:  # this sweep's seeds win over another's same seeds
                 for o, per_seed in json.loads(extra.read_text()).items():
-                    if o in results or o in args.options:
+                    if o in OPTIONS:
                         results.setdefault(o, {})
                         for s, r in per_seed.items():
                             results[o].setdefault(int(s), r)
                 results = {o: dict(sorted(results[o].items())) for o in OPTIONS if o in results}
             (ws / "results.json").write_text(json.dumps(results, indent=2) + "\n")
             if args.table:
-                args.table.write_text(table(results))
+                args.table.write_text(table(results, machine))
             return results
 
     g = Graph(args.jobs, args.deadline - (time.time() - start), log_path, report)
@@ -296,7 +307,7 @@ def main(argv=None):
         for j, o in enumerate(args.options):
             add_option(g, ws, configs, o, s, extra, prio=i * 100 + j)
     state = g.run()
-    print("\n" + table(report()))
+    print(f"\ntimes: {machine}\n" + table(report(), machine))
     bad = sorted(n for n, st in state.items() if st != "ok")
     print(f"{len(state) - len(bad)} runs ok, {len(bad)} failed or skipped "
           f"{bad[:5]}; {time.time() - start:.0f} s")

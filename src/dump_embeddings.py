@@ -4,7 +4,8 @@
 
 Finds ``best.ckpt`` of ``output/train_cnn/<run>/fold_<k>`` (or ``ckpt_path``), rebuilds the model
 from the checkpoint's own config and writes ``dump/v1/<run>/fold_<k>/<study>/<series>.npz``
-(``embeddings`` float32 (S, 2560), ``labels``, ``sop``) and ``record.json`` (the checkpoint's
+(``embeddings`` float32 (S, 2560): the CNN's ``embedding``, 2560 + 1 + K wide with
+``model.exam_targets.in_embedding``; ``labels``, ``sop``) and ``record.json`` (the checkpoint's
 content hash, the input size and kind, the label order of ``labels``, the npz set's record).
 The input is built as the checkpoint's config says (rsna_pe.model_input). A rerun with
 the same record skips finished series; after the checkpoint or the npz set changed it stops

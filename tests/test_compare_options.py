@@ -86,3 +86,12 @@ def test_every_option_has_its_configs_in_both_trees():
                                  ("train_rnn", [r for r, _ in pairs])):
                 for name in names:
                     assert (root / stage / f"rexnet200_{name}.yml").is_file(), (option, root, stage, name)
+
+
+def test_times_come_from_one_machine_only():
+    auc = {k: 0.5 for k in co.POSITIVE_LABELS}
+    res = {"gru": {s: dict(test=0.3, test_prior=0.5, cv=0.2, cv_prior=0.4, auc_positive=auc,
+                           seconds={"cnn_dump": secs, "head_inference": secs}, machine=m)
+                   for s, (secs, m) in enumerate([(10.0, "cpu"), (12.0, "cpu"), (500.0, "gpu")])}}
+    cells = [c.strip() for c in co.table(res, "cpu").splitlines()[2].strip("|").split("|")]
+    assert cells[1] == "3" and cells[13:] == ["11 ± 1", "11 ± 1"]

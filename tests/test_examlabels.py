@@ -14,9 +14,9 @@ import evaluate
 import train_rsna
 from cnn_data import SIZE, overrides, run_main, write_data
 from rsna_pe import exam_targets, metric, paths
-from rsna_pe.checkpoint import find_checkpoint, load
+from rsna_pe.checkpoint import load
 from rsna_pe.cnn import CNNTask, SliceDataset, build_cnn
-from rsna_pe.config import CONFIG_DIR, load_config
+from rsna_pe.config import load_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, TRAIN_COLUMNS
 from rsna_pe.runs import decisive_config
@@ -94,12 +94,12 @@ def test_flip_swaps_left_and_right_targets(tmp_path):
     assert labels.tolist() == [[1, 1, 0, 1, 0]]  # the dataset's own array is never changed
 
 
-def test_forward_keeps_the_image_logit_and_all_logits_adds_the_exam_ones():
+def test_forward_keeps_the_image_logit_and_with_exam_adds_the_exam_ones():
     torch.manual_seed(0)
     m = build_cnn(tiny_model()).eval()
     x = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
     with torch.no_grad():
-        image, every = m(x), m.all_logits(x)
+        image, every = m(x), m(x, with_exam=True)
     assert image.shape == (2,) and every.shape == (2, 1 + len(NAMES))
     assert torch.allclose(every[:, 0], image)
     # off: the recipe's model, same weights from the same seed
@@ -118,7 +118,7 @@ def test_embedding_ends_with_the_logits_only_when_asked():
     m = build_cnn(tiny_model(exam_targets={**spec, "in_embedding": True})).eval()
     plain = build_cnn(tiny_model()).eval()
     with torch.no_grad():
-        emb, feats, logits = m.embedding(x), m.features(x), m.all_logits(x)
+        emb, feats, logits = m.embedding(x), m.features(x), m(x, with_exam=True)
         assert torch.equal(plain.embedding(x), plain.features(x))
     assert emb.shape == (3, feats.shape[1] + 1 + len(NAMES))
     assert torch.equal(emb[:, :feats.shape[1]], feats)

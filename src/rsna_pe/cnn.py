@@ -3,8 +3,9 @@
 The network takes 3 channels (the lung, PE, mediastinal windows of a slice, or with
 ``dataset.input: neighbours`` the PE window of slices z-1, z, z+1: rsna_pe.model_input) in the
 0-255 range, uint8 or float, and normalises inside ``forward`` with the backbone's pretrained
-mean/std, so later stages feed it the JPEGs'/npz's pixels as they are. ``features(x)`` is the
-pooled embedding (2560 for rexnet_200) that stage 5 dumps for the RNN.
+mean/std, so later stages feed it the JPEGs'/npz's pixels as they are. ``embedding(x)`` is what
+stages 5 and 7 hand to the head: the pooled features (2560 for rexnet_200), followed by the
+CNN's own logits with ``model.exam_targets.in_embedding``.
 """
 import logging
 from pathlib import Path
@@ -90,7 +91,8 @@ class RSNACNN(nn.Module):
 
     def embedding(self, x):
         """What stages 5 and 7 hand to the head: the pooled features, followed by the logits of
-        ``all_logits`` when the CNN was built with ``logits_in_embedding`` (call in eval mode)."""
+        ``forward(x, with_exam=True)`` when the CNN was built with ``logits_in_embedding`` (call
+        in eval mode)."""
         f = self.features(x)
         if not self.logits_in_embedding:
             return f
@@ -106,9 +108,6 @@ class RSNACNN(nn.Module):
             return image.squeeze(-1)
         return torch.cat([image, self.exam_head(h)], dim=1) if self.exam_labels else image
 
-    def all_logits(self, x):
-        """(B, 1 + K) logits in ``output_labels`` order: pe_present_on_image, then exam_labels."""
-        return self(x, with_exam=True)
 
 
 def _no_weights_error(name, err):
@@ -329,8 +328,8 @@ class CNNTask(Task):
 
     @staticmethod
     def output_labels(cfg):
-        """The image logit, then the exam labels of ``model.exam_targets`` (dump and inference
-        read only the features and the image logit)."""
+        """The image logit, then the exam labels of ``model.exam_targets`` (the order of the
+        logits that ``in_embedding`` appends to the embedding)."""
         return [labels.IMAGE_LABEL, *exam_targets.target_labels(cfg.get("model"))]
 
     @staticmethod

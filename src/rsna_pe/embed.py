@@ -9,6 +9,7 @@ so that only the group's last chunk is padded. On CPU nothing is padded or group
 import numpy as np
 import torch
 
+from .errors import PipelineError
 from .runtime import amp_settings, autocast
 
 # Series of one pass on a GPU: at least this many chunks' worth of slices (the padding of the
@@ -28,7 +29,7 @@ def to_device(x, device):
 
 
 class Embedder:
-    """Pooled backbone features (S, D) float32 for a uint8 RGB stack (S, 3, H, W) of any length."""
+    """The CNN's ``embedding`` (S, D) float32 for a uint8 RGB stack (S, 3, H, W) of any length."""
 
     def __init__(self, model, device, chunk=64, amp=True, channels_last=True, compile=False, tta_flip=False,
                  pad=None):
@@ -44,6 +45,10 @@ class Embedder:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        if tta_flip and getattr(model, "logits_in_embedding", False):
+            # the mirrored slice's left/right logits are the other side's: averaging mixes them
+            raise PipelineError("tta_flip cannot be used with a CNN whose embedding carries its "
+                                "exam logits (model.exam_targets.in_embedding); set tta_flip=false")
         self.features = torch.compile(model.embedding, dynamic=not self.pad) if compile else model.embedding
         self.tta_flip = tta_flip
 

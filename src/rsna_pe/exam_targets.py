@@ -12,7 +12,6 @@ image loss. A horizontally flipped image shows the patient's right on the other 
 image's left is the patient's right), so its rightsided_pe and leftsided_pe targets swap.
 """
 import numpy as np
-import torch
 import torch.nn.functional as F
 
 from .errors import PipelineError

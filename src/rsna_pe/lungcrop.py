@@ -31,7 +31,6 @@ MAX_SLICES = 32         # slices sampled per series
 LUNG_COMPONENTS = 2     # per slice: the two lungs
 # Bump when the boxes this code finds change, so JPEG sets made by another version are stale.
 CROP_VERSION = 1
-CROPS = ("none", "lung")  # values of the experiment key jpeg_crop
 
 
 def crop_params(margin):

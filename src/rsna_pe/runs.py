@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from . import provenance, runtime
+from . import exam_targets, provenance, runtime
 from . import labels as L  # read as L.LABELS at call time: the order is the code's, not an import's
 from .errors import PipelineError
 from .model_input import DEFAULT_INPUT, input_kind
@@ -76,6 +76,8 @@ def decisive_config(cfg):
     model = out.get("model")
     if isinstance(model, dict) and not (model.get("exam_targets") or {}).get("labels"):
         model.pop("exam_targets", None)  # off: recorded as runs made before the option were
+    elif isinstance(model, dict):  # the model's own label order: a reordered list is the same run
+        model["exam_targets"]["labels"] = list(exam_targets.target_labels(model))
     return out
 
 
