@@ -200,8 +200,10 @@ def test_dump_head_and_inference_take_the_cnn(workspace, tmp_path, monkeypatch):
     dumped = list((trained_ws / "dump" / "v1" / "rexnet200_examlabels" / "fold_0").rglob("*.npz"))
     # the demo config hands the head the CNN's 1 + 7 logits after the 2560 features
     assert dumped and np.load(dumped[0])["embeddings"].shape[1] == 2560 + 8
-    assert infer("models=[{cnn: rexnet200_examlabels, rnn: rexnet200_examlabels}]") == 0
-    sub = pd.read_csv(trained_ws / "output" / "inference" / "rexnet200" / "submission.csv")
+    # its own output folder: the shared workspace may hold the recipe's submission already
+    assert infer("models=[{cnn: rexnet200_examlabels, rnn: rexnet200_examlabels}]",
+                 "output_dir=output/inference/examlabels") == 0
+    sub = pd.read_csv(trained_ws / "output" / "inference" / "examlabels" / "submission.csv")
     assert len(sub) and sub["label"].between(0, 1).all()
 
 
