@@ -243,3 +243,19 @@ def test_activation_maps_of_a_cropped_cnn_land_on_its_box(syn):
     assert regions == {ens.specs[0]: (x0 / n, y0 / n, x1 / n, y1 / n), ens.specs[1]: None}
     out = placed(np.ones((1, 8, 8), np.float32), regions[ens.specs[0]], n)
     assert out[0, y0:y1, x0:x1].min() == 1 and out.sum() == (x1 - x0) * (y1 - y0)
+
+
+def test_a_series_lung_box_is_searched_once_for_the_models_and_the_viewer(syn, monkeypatch):
+    import rsna_pe.ensemble as ensemble
+    root, specs = syn
+    calls = []
+    real = ensemble.lung_box
+    monkeypatch.setattr(ensemble, "lung_box", lambda d, m: calls.append(str(d)) or real(d, m))
+    ens = Ensemble.from_models([_member(root, "lung", 24), _member(root, "none", JPEG)], {}, [],
+                               torch.device("cpu"), amp=False, channels_last=False)
+    first, second = (_series_dir(root, s) for s in specs[:2])
+    ens.read_with(first, [JPEG])
+    ens.crop_regions(first)
+    assert calls == [str(first)]
+    ens.read(second)  # another series: its own box
+    assert calls == [str(first), str(second)]

@@ -91,6 +91,7 @@ class Ensemble:
         # (JPEG size, quality (0: no codec), input size, lung crop margin (None: whole slices),
         # input kind) of each distinct model input, in the order of the pairs
         self.specs = list(dict.fromkeys(spec for spec, _, _ in self.members))
+        self._boxes_of, self._boxes = None, {}  # the last series' lung boxes (see _lung_boxes)
         log.info("model inputs: %s", ", ".join(f"{n} px {kind} (JPEG {j} px{'' if c is None else ', lung crop'})"
                                                for j, _, n, c, kind in self.specs))
 
@@ -105,7 +106,7 @@ class Ensemble:
         # Each crop's box is found once per series, as stage 1 found it (None: no lungs, whole
         # slices); the series is then windowed once per (JPEG size, box) and goes through the
         # codec once per JPEG set, whatever the models make of its slices.
-        boxes = {c: lung_box(series_dir, c) for c in {s[3] for s in self.specs} if c is not None}
+        boxes = self._lung_boxes(series_dir)
         view = lambda j, c: j if boxes.get(c) is None else (j, boxes[c])  # noqa: E731
         views = list(dict.fromkeys([view(j, c) for j, _, _, c, _ in self.specs] + list(extra_sizes)))
         infos, windowed = read_series_images(series_dir, views)
@@ -116,15 +117,24 @@ class Ensemble:
     def crop_regions(self, series_dir):
         """{spec: its lung box as shares of the slice (x0, y0, x1, y1), or None} of the
         lung-cropped model inputs, to draw what they see on the whole slice."""
-        crops = {s[3] for s in self.specs if s[3] is not None}
-        if not crops:
+        boxes = self._lung_boxes(series_dir)
+        if not boxes:
             return {}
         ds = read_dataset(series_files(series_dir)[0], header_only=True)
         cols, rows = int(ds.Columns), int(ds.Rows)
-        boxes = {c: lung_box(series_dir, c) for c in crops}
         return {s: None if boxes.get(s[3]) is None else
                 (boxes[s[3]][0] / cols, boxes[s[3]][1] / rows, boxes[s[3]][2] / cols, boxes[s[3]][3] / rows)
                 for s in self.specs}
+
+    def _lung_boxes(self, series_dir):
+        """{crop margin: the series' lung box, or None (no lungs: whole slices)} of the
+        lung-cropped inputs; found once per series, although the viewer asks again after
+        ``read_with`` (each search reads up to 32 of the series' files)."""
+        if self._boxes_of != str(series_dir):
+            crops = {s[3] for s in self.specs if s[3] is not None}
+            self._boxes = {c: lung_box(series_dir, c) for c in crops}
+            self._boxes_of = str(series_dir)
+        return self._boxes
 
     @property
     def group(self):
