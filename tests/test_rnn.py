@@ -37,13 +37,18 @@ def tiny_model(dropout=0.5, dtype=torch.float64, impl="auto"):
 
 @pytest.mark.parametrize("head,impl", [("lstm", "packed"), ("lstm", "layered"), ("gru", "packed"),
                                        ("gru", "layered"), ("transformer", "auto")])
-@pytest.mark.parametrize("diff", [False, True])
+@pytest.mark.parametrize("diff", [False, True, "pool"])
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_series_alone_equals_series_in_padded_batch(dtype, tol, head, impl, diff):
     torch.manual_seed(0)
+    # "pool": the CNN-logit pooling (its zero init replaced) and the exam outputs given PE
+    pool = {"cnn_logits": 3, "exam_given_pe": True} if diff == "pool" else {}
     model = build_rnn({"head": head, "input_dim": DIM, "hidden": 6, "layers": 3, "impl": impl,
-                       "neighbour_diff": diff, "transformer": {"width": 8, "layers": 2, "heads": 2, "ff": 16},
+                       "neighbour_diff": diff is True, **pool,
+                       "transformer": {"width": 8, "layers": 2, "heads": 2, "ff": 16},
                        }).to(dtype).eval()
+    if pool:
+        torch.nn.init.normal_(model.logit_pool.linear.weight, generator=torch.Generator().manual_seed(2))
     lengths = torch.tensor([5, 9, 3, 1])  # unsorted on purpose, and a one-slice series
     g = torch.Generator().manual_seed(1)
     emb = torch.randn(4, 9, DIM, generator=g, dtype=dtype)

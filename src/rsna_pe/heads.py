@@ -2,8 +2,9 @@
 
 The recurrent stack itself is ``rnn.RNNHead`` (LSTM by default, GRU on ``model.head: gru``).
 Here: the blocks both heads share (the padding mask, masked attention pooling, the neighbour
-differences of ``model.neighbour_diff``), the transformer encoder of ``model.head:
-transformer`` and the metric-weighted loss of ``loss.name: metric``.
+differences of ``model.neighbour_diff``, the CNN-logit pooling of ``model.cnn_logits``), the
+transformer encoder of ``model.head: transformer`` and the metric-weighted loss of ``loss.name:
+metric``.
 """
 import math
 
@@ -46,6 +47,58 @@ def neighbour_diff(x, lengths):
     return torch.cat([x, x - take(prev), x - take(nxt)], dim=-1)
 
 
+class LogitPool(nn.Module):
+    """``model.cnn_logits: n``: the last n embedding dims are the CNN's own logits (image first,
+    rsna_pe.exam_targets.in_embedding). Their max, mean and PE-weighted mean (weights: the
+    CNN's image probability) over a series' real slices feed one linear map added to the exam
+    logits. Zero-initialised, so training starts from the plain head. A recurrent head trained
+    on a few hundred exams did not learn these poolings from the sequence (docs/training.md)."""
+
+    def __init__(self, n):
+        super().__init__()
+        self.n = int(n)
+        self.linear = nn.Linear(3 * self.n, N_EXAM)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, emb, mask):
+        z = emb[..., -self.n:]
+        z = z.to(torch.promote_types(z.dtype, self.linear.weight.dtype))
+        m = mask.unsqueeze(-1).to(z.dtype)
+        mean = (z * m).sum(1) / m.sum(1).clamp(min=1)
+        top = z.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
+        p = torch.sigmoid(z[..., :1]) * m
+        weighted = (p * z).sum(1) / p.sum(1).clamp(min=1e-6)
+        return self.linear(torch.cat([top, mean, weighted], dim=-1).to(self.linear.weight.dtype))
+
+
+def logit_pool(cnn_logits, input_dim):
+    """The LogitPool of ``model.cnn_logits`` (None when 0)."""
+    n = int(cnn_logits or 0)
+    if not 0 <= n < input_dim:
+        raise PipelineError(f"model.cnn_logits {n}: must be 0 (off) or the number of CNN logits at "
+                            f"the end of the {input_dim}-wide embedding (1 + exam_targets labels)")
+    return LogitPool(n) if n else None
+
+
+# Exam labels that only a positive exam can carry (location, chronicity, RV/LV).
+GIVEN_PE = tuple(range(2, N_EXAM))
+
+
+def given_pe(exam_logits):
+    """``model.exam_given_pe``: outputs 2..8 become P(positive) x P(label | positive), where
+    P(positive) = (1 - P(negative_exam_for_pe)) (1 - P(indeterminate)) from outputs 0 and 1 and
+    the conditional is the head's own output, returned as logits. The conditional part then
+    learns from positive exams only (negative ones hardly move it), which is what ranks positive
+    exams by side, site, age and RV/LV."""
+    z = exam_logits.to(torch.promote_types(exam_logits.dtype, torch.float32))
+    log_pos = F.logsigmoid(-z[:, :1]) + F.logsigmoid(-z[:, 1:2])
+    log_p = (log_pos + F.logsigmoid(z[:, 2:])).clamp(max=-1e-6)
+    # logit = log p - log(1 - p), with log(1 - p) computed stably on both sides of p = 1/2
+    log_q = torch.where(log_p > -0.693, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
+    return torch.cat([z[:, :2], log_p - log_q], dim=1).to(exam_logits.dtype)
+
+
 def sinusoidal_positions(steps, width, device=None, dtype=torch.float32):
     """The fixed sine/cosine position code of "Attention is all you need", (steps, width)."""
     pos = torch.arange(steps, device=device, dtype=torch.float64)[:, None]
@@ -75,7 +128,8 @@ class TransformerHead(nn.Module):
     POSITIONS = ("sinusoidal", "learned")
 
     def __init__(self, input_dim=2560, width=256, layers=2, heads=4, ff=512, dropout=0.5,
-                 attn_dropout=0.1, position="sinusoidal", max_len=2048, neighbour_diff=False):
+                 attn_dropout=0.1, position="sinusoidal", max_len=2048, neighbour_diff=False,
+                 cnn_logits=0, exam_given_pe=False):
         super().__init__()
         if position not in self.POSITIONS:
             raise PipelineError(f"model.transformer.position '{position}': choose from {', '.join(self.POSITIONS)}")
@@ -90,6 +144,8 @@ class TransformerHead(nn.Module):
         self.image_head = two_layer(width, 1, dropout)
         self.attention = nn.Linear(width, 1)
         self.exam_head = two_layer(width, N_EXAM, dropout)
+        self.logit_pool = logit_pool(cnn_logits, input_dim)
+        self.exam_given_pe = bool(exam_given_pe)
 
     def _position_code(self, steps, x):
         if self.positions is None:
@@ -102,14 +158,16 @@ class TransformerHead(nn.Module):
     def forward(self, emb, lengths):
         lengths = torch.as_tensor(lengths, dtype=torch.int64, device=emb.device)
         mask = slice_mask(lengths, emb.shape[1])
+        skip = self.logit_pool(emb, mask) if self.logit_pool is not None else 0
         if self.neighbour_diff:
             emb = neighbour_diff(emb, lengths)
         x = self.proj(emb) + self._position_code(emb.shape[1], emb)
         x = self.encoder(x, src_key_padding_mask=~mask) * mask.unsqueeze(-1).to(x.dtype)
-        return self.image_head(x).squeeze(-1), self.exam_head(attend(self.attention, x, mask))
+        exam = self.exam_head(attend(self.attention, x, mask)) + skip
+        return self.image_head(x).squeeze(-1), given_pe(exam) if self.exam_given_pe else exam
 
 
-def build_transformer(model_cfg, input_dim, dropout, diff):
+def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0, exam_given_pe=False):
     """The transformer head from a config's ``model`` block (its ``transformer`` sub-block)."""
     t = dict(model_cfg.get("transformer") or {})
     known = {"width", "layers", "heads", "ff", "attn_dropout", "position", "max_len"}
@@ -120,7 +178,7 @@ def build_transformer(model_cfg, input_dim, dropout, diff):
                            heads=int(t.get("heads", 4)), ff=int(t.get("ff", 512)), dropout=dropout,
                            attn_dropout=float(t.get("attn_dropout", 0.1)),
                            position=str(t.get("position", "sinusoidal")), max_len=int(t.get("max_len", 2048)),
-                           neighbour_diff=diff)
+                           neighbour_diff=diff, cnn_logits=cnn_logits, exam_given_pe=exam_given_pe)
 
 
 def metric_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):
