@@ -1,6 +1,5 @@
-"""What ranks positive exams by side, site, age and RV/LV: per-slice clot detectors in the CNN
-(exam_targets.clot_targets: slice), the head's pooling of the CNN's own logits
-(model.cnn_logits) and its exam outputs given PE (model.exam_given_pe)."""
+"""From slices to exams: per-slice clot detectors in the CNN (exam_targets.clot_targets: slice)
+and the head's pooling of the CNN's own logits (model.cnn_logits)."""
 import numpy as np
 import pytest
 import torch
@@ -8,7 +7,7 @@ import torch
 from rsna_pe import exam_targets
 from rsna_pe.config import load_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.heads import GIVEN_PE, LogitPool, given_pe
+from rsna_pe.heads import LogitPool
 from rsna_pe.rnn import RNNTask, build_rnn
 from test_examlabels import NAMES, frame
 from test_rnn import DIM, REPO, one_thread  # noqa: F401
@@ -96,26 +95,6 @@ def test_a_new_pool_leaves_the_head_as_it_was(head):
     with torch.no_grad():
         for a, b in zip(plain(emb, torch.tensor([5, 3])), pooled(emb, torch.tensor([5, 3]))):
             torch.testing.assert_close(a, b, atol=0, rtol=0)  # zero-initialised: adds nothing
-
-
-def test_given_pe_outputs_are_the_product_and_learn_from_positive_exams():
-    z = torch.randn(6, 9, dtype=torch.float64, generator=torch.Generator().manual_seed(2)) * 4
-    z[0, :2] = torch.tensor([30.0, -30.0])  # a certain negative: its products sit near 0
-    z[3, :2] = torch.tensor([-30.0, -30.0])  # a certain positive: its products are the conditionals
-    z[[0, 3], 2:] = 0.0
-    out = given_pe(z)
-    p = torch.sigmoid(out)
-    want = torch.sigmoid(-z[:, :1]) * torch.sigmoid(-z[:, 1:2]) * torch.sigmoid(z[:, 2:])
-    torch.testing.assert_close(p[:, 2:], want, atol=1e-12, rtol=0)
-    torch.testing.assert_close(out[:, :2], z[:, :2], atol=0, rtol=0)
-    assert list(GIVEN_PE) == list(range(2, 9)) and torch.isfinite(out).all()
-    # A negative exam's labels (all 0) hardly move the conditional outputs of a confident
-    # negative; a positive exam's labels move them fully.
-    for row, scale in ((0, 1e-10), (3, 5e-2)):
-        zz = z[row:row + 1].clone().requires_grad_(True)
-        torch.nn.functional.binary_cross_entropy_with_logits(given_pe(zz), torch.zeros(1, 9)).backward()
-        g = zz.grad[0, 2:].abs().max().item()
-        assert (g < scale) if row == 0 else (g > scale)
 
 
 def test_bad_cnn_logits_is_a_one_line_error():

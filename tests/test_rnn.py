@@ -41,8 +41,8 @@ def tiny_model(dropout=0.5, dtype=torch.float64, impl="auto"):
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-12), (torch.float32, 1e-5)])
 def test_series_alone_equals_series_in_padded_batch(dtype, tol, head, impl, diff):
     torch.manual_seed(0)
-    # "pool": the CNN-logit pooling (its zero init replaced) and the exam outputs given PE
-    pool = {"cnn_logits": 3, "exam_given_pe": True} if diff == "pool" else {}
+    # "pool": the CNN-logit pooling, its zero init replaced
+    pool = {"cnn_logits": 3} if diff == "pool" else {}
     model = build_rnn({"head": head, "input_dim": DIM, "hidden": 6, "layers": 3, "impl": impl,
                        "neighbour_diff": diff is True, **pool,
                        "transformer": {"width": 8, "layers": 2, "heads": 2, "ff": 16},

@@ -81,24 +81,6 @@ def logit_pool(cnn_logits, input_dim):
     return LogitPool(n) if n else None
 
 
-# Exam labels that only a positive exam can carry (location, chronicity, RV/LV).
-GIVEN_PE = tuple(range(2, N_EXAM))
-
-
-def given_pe(exam_logits):
-    """``model.exam_given_pe``: outputs 2..8 become P(positive) x P(label | positive), where
-    P(positive) = (1 - P(negative_exam_for_pe)) (1 - P(indeterminate)) from outputs 0 and 1 and
-    the conditional is the head's own output, returned as logits. The conditional part then
-    learns from positive exams only (negative ones hardly move it), which is what ranks positive
-    exams by side, site, age and RV/LV."""
-    z = exam_logits.to(torch.promote_types(exam_logits.dtype, torch.float32))
-    log_pos = F.logsigmoid(-z[:, :1]) + F.logsigmoid(-z[:, 1:2])
-    log_p = (log_pos + F.logsigmoid(z[:, 2:])).clamp(max=-1e-6)
-    # logit = log p - log(1 - p), with log(1 - p) computed stably on both sides of p = 1/2
-    log_q = torch.where(log_p > -0.693, torch.log(-torch.expm1(log_p)), torch.log1p(-torch.exp(log_p)))
-    return torch.cat([z[:, :2], log_p - log_q], dim=1).to(exam_logits.dtype)
-
-
 def sinusoidal_positions(steps, width, device=None, dtype=torch.float32):
     """The fixed sine/cosine position code of "Attention is all you need", (steps, width)."""
     pos = torch.arange(steps, device=device, dtype=torch.float64)[:, None]
@@ -129,7 +111,7 @@ class TransformerHead(nn.Module):
 
     def __init__(self, input_dim=2560, width=256, layers=2, heads=4, ff=512, dropout=0.5,
                  attn_dropout=0.1, position="sinusoidal", max_len=2048, neighbour_diff=False,
-                 cnn_logits=0, exam_given_pe=False):
+                 cnn_logits=0):
         super().__init__()
         if position not in self.POSITIONS:
             raise PipelineError(f"model.transformer.position '{position}': choose from {', '.join(self.POSITIONS)}")
@@ -145,7 +127,6 @@ class TransformerHead(nn.Module):
         self.attention = nn.Linear(width, 1)
         self.exam_head = two_layer(width, N_EXAM, dropout)
         self.logit_pool = logit_pool(cnn_logits, input_dim)
-        self.exam_given_pe = bool(exam_given_pe)
 
     def _position_code(self, steps, x):
         if self.positions is None:
@@ -163,11 +144,10 @@ class TransformerHead(nn.Module):
             emb = neighbour_diff(emb, lengths)
         x = self.proj(emb) + self._position_code(emb.shape[1], emb)
         x = self.encoder(x, src_key_padding_mask=~mask) * mask.unsqueeze(-1).to(x.dtype)
-        exam = self.exam_head(attend(self.attention, x, mask)) + skip
-        return self.image_head(x).squeeze(-1), given_pe(exam) if self.exam_given_pe else exam
+        return self.image_head(x).squeeze(-1), self.exam_head(attend(self.attention, x, mask)) + skip
 
 
-def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0, exam_given_pe=False):
+def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0):
     """The transformer head from a config's ``model`` block (its ``transformer`` sub-block)."""
     t = dict(model_cfg.get("transformer") or {})
     known = {"width", "layers", "heads", "ff", "attn_dropout", "position", "max_len"}
@@ -178,7 +158,7 @@ def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0, exam_gi
                            heads=int(t.get("heads", 4)), ff=int(t.get("ff", 512)), dropout=dropout,
                            attn_dropout=float(t.get("attn_dropout", 0.1)),
                            position=str(t.get("position", "sinusoidal")), max_len=int(t.get("max_len", 2048)),
-                           neighbour_diff=diff, cnn_logits=cnn_logits, exam_given_pe=exam_given_pe)
+                           neighbour_diff=diff, cnn_logits=cnn_logits)
 
 
 def metric_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from . import labels, metric, paths
 from .errors import PipelineError
 from .folds import read_fold_csv, split_by_fold
-from .heads import attend, build_transformer, given_pe, logit_pool, metric_loss, neighbour_diff, slice_mask
+from .heads import attend, build_transformer, logit_pool, metric_loss, neighbour_diff, slice_mask
 from .io import atomic_to_csv, atomic_write_text
 from .labels import EXAM_LABELS, LABELS, study_series
 from .tasks import Task
@@ -63,7 +63,7 @@ class RNNHead(nn.Module):
     CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
     def __init__(self, input_dim=2560, hidden=128, layers=3, dropout=0.5, impl="auto", cell="lstm",
-                 neighbour_diff=False, cnn_logits=0, exam_given_pe=False):
+                 neighbour_diff=False, cnn_logits=0):
         super().__init__()
         if impl not in self.IMPLS:
             raise PipelineError(f"model.impl '{impl}': choose from {', '.join(self.IMPLS)}")
@@ -86,7 +86,6 @@ class RNNHead(nn.Module):
             nn.Linear(width, width, bias=False), nn.ReLU(inplace=True), nn.Dropout(dropout),
             nn.Linear(width, N_EXAM, bias=False))
         self.logit_pool = logit_pool(cnn_logits, input_dim)
-        self.exam_given_pe = bool(exam_given_pe)
         self._templates = {}  # weightless one-layer LSTMs/GRUs that run one layer of lstm1/lstm2
 
     _attend = staticmethod(attend)
@@ -140,8 +139,7 @@ class RNNHead(nn.Module):
         o1, o2 = self._run_lstms(emb, lengths, mask)
         image_logits = self.image_head(o1 + o2).squeeze(-1)
         pooled = self._attend(self.attention1, o1, mask) + self._attend(self.attention2, o2, mask)
-        exam = self.exam_head(pooled) + skip
-        return image_logits, given_pe(exam) if self.exam_given_pe else exam
+        return image_logits, self.exam_head(pooled) + skip
 
 
 HEADS = ("lstm", "gru", "transformer")
@@ -151,14 +149,15 @@ def build_rnn(model_cfg):
     """The head from a config's ``model`` block: ``head`` lstm (the recipe), gru or transformer."""
     m = dict(model_cfg)
     head, diff = str(m.get("head", "lstm")), bool(m.get("neighbour_diff", False))
-    extra = {"cnn_logits": int(m.get("cnn_logits", 0)), "exam_given_pe": bool(m.get("exam_given_pe", False))}
+    cnn_logits = int(m.get("cnn_logits", 0))
     input_dim, dropout = int(m.get("input_dim", 2560)), float(m.get("dropout", 0.5))
     if head not in HEADS:
         raise PipelineError(f"model.head '{head}': choose from {', '.join(HEADS)}")
     if head == "transformer":
-        return build_transformer(m, input_dim, dropout, diff, **extra)
+        return build_transformer(m, input_dim, dropout, diff, cnn_logits)
     return RNNHead(input_dim=input_dim, hidden=int(m.get("hidden", 128)), layers=int(m.get("layers", 3)),
-                   dropout=dropout, impl=str(m.get("impl", "auto")), cell=head, neighbour_diff=diff, **extra)
+                   dropout=dropout, impl=str(m.get("impl", "auto")), cell=head, neighbour_diff=diff,
+                   cnn_logits=cnn_logits)
 
 
 def rnn_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):
