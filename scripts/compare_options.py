@@ -42,8 +42,6 @@ OPTIONS = {
                  "neighbours + lung crop + exam labels, metric-weighted head"),
     "combined_pool": (["combined"], [("combined_pool", "combined")],
                       "combined, its head adds the CNN's logits pooled over the series"),
-    "combined_slice": (["combined_slice"], [("combined_slice", "combined_slice")],
-                       "combined_pool with per-slice clot detectors in the CNN"),
     "neighbours": (["neighbours"], [("neighbours", "neighbours")],
                    "CNN input: PE window of slices z-1, z, z+1"),
     "lungcrop": (["lungcrop"], [("lungcrop", "lungcrop")], "stage 1: crop to the lungs"),
@@ -58,7 +56,7 @@ OPTIONS = {
 # Stage-1/2/4 configs to run for the data before any option (the lung-cropped set only when a
 # CNN variant reads it).
 PREP = ("make_image", "make_csv", "make_npz")
-CROP_VARIANTS = {"lungcrop", "combined", "combined_slice"}
+CROP_VARIANTS = {"lungcrop", "combined"}
 
 
 class Graph:

@@ -1,5 +1,5 @@
-"""From slices to exams: per-slice clot detectors in the CNN (exam_targets.clot_targets: slice)
-and the head's pooling of the CNN's own logits (model.cnn_logits)."""
+"""The head's pooling of the CNN's own logits (model.cnn_logits): what it computes, that a new
+pool leaves the head as it was, its errors and its configs."""
 import numpy as np
 import pytest
 import torch
@@ -9,62 +9,10 @@ from rsna_pe.config import load_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.heads import LogitPool
 from rsna_pe.rnn import RNNTask, build_rnn
-from test_examlabels import NAMES, frame
 from test_rnn import DIM, REPO, one_thread  # noqa: F401
 
 HEAD = {"input_dim": DIM, "hidden": 6, "layers": 3, "dropout": 0.5,
         "transformer": {"width": 8, "layers": 2, "heads": 2, "ff": 16}}
-
-
-# ----------------------------------------------------------------------------- CNN targets
-
-def test_clot_detectors_count_every_slice_and_fire_on_clot_slices_only():
-    y, w = exam_targets.slice_targets(frame(), NAMES + ("negative_exam_for_pe",), "slice")
-    # rows: positive exam (slice 1 has the left clot), negative exam, indeterminate exam;
-    # columns: central, left, right, rv_lv >= 1, negative
-    assert y.tolist() == [[0, 0, 0, 1, 0], [1, 1, 0, 1, 0], [0, 0, 0, 0, 1], [0, 0, 0, 0, 1],
-                          [0, 0, 0, 0, 0], [0, 0, 0, 0, 0]]
-    # location on every slice of every exam; RV/LV and negative as in the default mode
-    assert w.tolist() == [[1, 1, 1, 1, 1], [1, 1, 1, 1, 1], [1, 1, 1, 0, 1], [1, 1, 1, 0, 1],
-                          [1, 1, 1, 0, 1], [1, 1, 1, 0, 1]]
-    # the default keeps the exam mode
-    assert exam_targets.clot_targets({"exam_targets": {"labels": list(NAMES)}}) == "exam"
-    with pytest.raises(PipelineError, match="clot_targets 'slices'"):
-        exam_targets.clot_targets({"exam_targets": {"clot_targets": "slices"}})
-
-
-def test_age_detectors_look_for_a_chronic_and_an_acute_clot():
-    df = frame().iloc[:2].copy()  # the positive exam: slice 1 has a clot
-    ages = ("chronic_pe", "acute_and_chronic_pe")
-    want = {(0, 0): [0, 1], (1, 0): [1, 0], (0, 1): [1, 1]}  # acute, chronic, acute and chronic
-    for (chronic, both), detectors in want.items():
-        df["chronic_pe"], df["acute_and_chronic_pe"] = chronic, both
-        y, w = exam_targets.slice_targets(df, ages, "slice")
-        assert y.tolist() == [[0, 0], detectors] and w.tolist() == [[1, 1], [1, 1]]
-    assert set(ages) <= set(exam_targets.columns(("chronic_pe",)))
-
-
-def test_slice_mode_loss_is_a_mean_per_label_then_over_labels():
-    logits = torch.tensor([[0.0, 2.0], [1.0, -1.0], [3.0, 0.5]])
-    y = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
-    w = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])  # label 2 counted on one slice only
-    bce = torch.nn.functional.binary_cross_entropy_with_logits(logits, y, reduction="none")
-    by_label = (bce[:, 0].mean() + bce[0, 1]) / 2
-    torch.testing.assert_close(exam_targets.exam_loss(logits, y, w, per_label=True), by_label)
-    torch.testing.assert_close(exam_targets.exam_loss(logits, y, w), (bce * w).sum() / 4)
-    assert exam_targets.exam_loss(logits, y, torch.zeros_like(w), per_label=True) == 0
-
-
-def test_the_slice_mode_reaches_the_training_set(monkeypatch):
-    import rsna_pe.cnn as cnn
-    seen = []
-    monkeypatch.setattr(cnn, "slice_dataset", lambda *a: seen.append(a[-1]))
-    monkeypatch.setattr(cnn, "read_fold_csv", lambda *a, **k: frame().assign(fold=[0, 0, 5, 5, 10, 10]))
-    cfg = load_config(REPO / "configs/demo/train_cnn/rexnet200_combined_slice.yml",
-                      ["dataset.data_dir=/nonexistent", "dataset.fold=0", "dataset.size=16"])
-    task = cnn.CNNTask(cfg)
-    task.datasets()
-    assert seen == ["slice", "slice"] and task.per_label
 
 
 # ----------------------------------------------------------------------------- head
@@ -103,15 +51,13 @@ def test_bad_cnn_logits_is_a_one_line_error():
 
 
 @pytest.mark.parametrize("root", ["configs", "configs/demo"])
-def test_the_variant_configs(root):
-    cnn = load_config(REPO / root / "train_cnn/rexnet200_combined_slice.yml")
-    assert cnn["model"]["exam_targets"]["clot_targets"] == "slice" and cnn["jpeg_crop"] == "lung"
-    assert exam_targets.in_embedding(cnn["model"]) and cnn["dataset"]["input"] == "neighbours"
+def test_the_variant_config(root):
+    cnn = load_config(REPO / root / "train_cnn/rexnet200_combined.yml")
+    assert exam_targets.in_embedding(cnn["model"])
     n_logits = 1 + len(exam_targets.target_labels(cnn["model"]))
-    for name, cnn_run in (("combined_slice", "rexnet200_combined_slice"), ("combined_pool", "rexnet200_combined")):
-        cfg = load_config(REPO / root / f"train_rnn/rexnet200_{name}.yml")
-        m = cfg["model"]
-        assert cfg["dataset"]["cnn_run"] == cnn_run and m["cnn_logits"] == n_logits
-        assert m["input_dim"] == 2560 + n_logits and cfg["loss"]["name"] == "metric"
-        assert build_rnn(m).logit_pool.n == n_logits
-        RNNTask(cfg)
+    cfg = load_config(REPO / root / "train_rnn/rexnet200_combined_pool.yml")
+    m = cfg["model"]
+    assert cfg["dataset"]["cnn_run"] == "rexnet200_combined" and m["cnn_logits"] == n_logits
+    assert m["input_dim"] == 2560 + n_logits and cfg["loss"]["name"] == "metric"
+    assert build_rnn(m).logit_pool.n == n_logits
+    RNNTask(cfg)

@@ -287,7 +287,7 @@ class SliceDataset(torch.utils.data.Dataset):
             self.transform.set_random_seed(seed % 2**32)
 
 
-def slice_dataset(df, root, size, transform=None, kind=DEFAULT_INPUT, exam_labels=(), clot_mode="exam"):
+def slice_dataset(df, root, size, transform=None, kind=DEFAULT_INPUT, exam_labels=()):
     root = Path(root)
     if not root.is_dir():
         raise PipelineError(f"JPEG folder not found: {root} (run src/make_image.py first)")
@@ -302,7 +302,7 @@ def slice_dataset(df, root, size, transform=None, kind=DEFAULT_INPUT, exam_label
     neighbours = neighbour_rows(df) if kind == NEIGHBOURS else None
     if not exam_labels:
         return SliceDataset(files, image, size, transform, neighbours)
-    y, w = exam_targets.slice_targets(df, exam_labels, clot_mode)
+    y, w = exam_targets.slice_targets(df, exam_labels)
     return SliceDataset(files, np.column_stack([image, y]), size, transform, neighbours, w,
                         exam_targets.flip_order(exam_labels))
 
@@ -317,7 +317,6 @@ class CNNTask(Task):
         self.channels_last = cfg.get("train", {}).get("channels_last", True)
         self.exam_labels = exam_targets.target_labels(cfg["model"])
         self.exam_weight = exam_targets.loss_weight(cfg["model"])
-        self.per_label = exam_targets.clot_targets(cfg["model"]) == "slice"
 
     @staticmethod
     def resolve_config(cfg):
@@ -360,9 +359,9 @@ class CNNTask(Task):
         if transform is not None:
             # Seeded from torch so a seeded run augments the same way without loader workers.
             transform.set_random_seed(int(torch.randint(2**31 - 1, ())))
-        kind, mode = input_kind(self.cfg), exam_targets.clot_targets(self.cfg["model"])
-        return (slice_dataset(train_df, root, size, transform, kind, names, mode),
-                slice_dataset(val_df, root, size, None, kind, names, mode))
+        kind = input_kind(self.cfg)
+        return (slice_dataset(train_df, root, size, transform, kind, names),
+                slice_dataset(val_df, root, size, None, kind, names))
 
     def step(self, model, batch, device):
         x, y = batch[:2]
@@ -383,7 +382,7 @@ class CNNTask(Task):
     def _exam_step(self, model, x, y, w):
         logits = model(x, with_exam=True).float()
         loss = self.loss_fn(logits[:, 0], y[:, 0]) + \
-            self.exam_weight * exam_targets.exam_loss(logits[:, 1:], y[:, 1:], w, self.per_label)
+            self.exam_weight * exam_targets.exam_loss(logits[:, 1:], y[:, 1:], w)
         if model.training:
             return loss, {}
         return loss, {"logits": logits.detach().cpu(), "labels": y.cpu(), "weights": w.cpu()}
@@ -397,7 +396,7 @@ class CNNTask(Task):
         if self.exam_labels:
             extra = exam_targets.exam_metrics(self.loss_fn, logits, labels,
                                               torch.cat([o["weights"] for o in outs]),
-                                              self.exam_labels, self.exam_weight, self.per_label)
+                                              self.exam_labels, self.exam_weight)
             logits, labels = logits[:, 0], labels[:, 0]
         loss = float(self.loss_fn(logits, labels))
         acc = float(((logits > 0).float() == labels).float().mean())

@@ -7,11 +7,6 @@ Each slice of an exam carries its exam's labels, counted only where a slice can 
   ``pe_present_on_image`` = 1, where a clot is in view;
 - RV/LV (HEART_LABELS): on every slice of positive exams (negative exams carry 0 for both);
 - negative_exam_for_pe, indeterminate: on every slice.
-With ``clot_targets: slice`` the location and chronicity outputs become per-slice detectors
-instead: counted on every slice, target 1 only on PE slices, those of an exam with that side
-or site, and for age a chronic clot (chronic_pe output) or an acute one (acute_and_chronic_pe
-output; see _seen_on_slice); a slice without a clot says "no clot of this kind here", so their
-maximum over a series is meaningful without the image output's help.
 The loss is the BCE mean over the counted (slice, label) entries, times ``weight``, added to the
 image loss. A horizontally flipped image shows the patient's right on the other side (the
 image's left is the patient's right), so its rightsided_pe and leftsided_pe targets swap.
@@ -25,7 +20,6 @@ from .labels import EXAM_LABELS, IMAGE_LABEL
 CLOT_LABELS = ("chronic_pe", "acute_and_chronic_pe", "central_pe", "leftsided_pe", "rightsided_pe")
 HEART_LABELS = ("rv_lv_ratio_gte_1", "rv_lv_ratio_lt_1")
 SIDES = ("rightsided_pe", "leftsided_pe")
-CLOT_TARGETS = ("exam", "slice")
 
 
 def target_labels(mcfg):
@@ -50,25 +44,16 @@ def in_embedding(mcfg):
     return bool(spec.get("in_embedding"))
 
 
-def clot_targets(mcfg):
-    """``model.exam_targets.clot_targets``: exam (default) or slice (see the module's text)."""
-    mode = str(((mcfg or {}).get("exam_targets") or {}).get("clot_targets", "exam"))
-    if mode not in CLOT_TARGETS:
-        raise PipelineError(f"model.exam_targets.clot_targets '{mode}': choose from {', '.join(CLOT_TARGETS)}")
-    return mode
-
-
 def loss_weight(mcfg):
     return float(((mcfg or {}).get("exam_targets") or {}).get("weight", 1.0))
 
 
 def columns(names):
-    """The fold csv columns the targets are made from (both ages for either age's detector)."""
-    age = ["chronic_pe", "acute_and_chronic_pe"] if {"chronic_pe", "acute_and_chronic_pe"} & set(names) else []
-    return [IMAGE_LABEL, *dict.fromkeys(["negative_exam_for_pe", "indeterminate", *names, *age])]
+    """The fold csv columns the targets are made from."""
+    return [IMAGE_LABEL, *dict.fromkeys(["negative_exam_for_pe", "indeterminate", *names])]
 
 
-def slice_targets(df, names, clot_mode="exam"):
+def slice_targets(df, names):
     """(targets, weights), float32 (N, K) each, for the N rows of ``df`` and the K labels."""
     positive = ((df["negative_exam_for_pe"] == 0) & (df["indeterminate"] == 0)).to_numpy()
     clot = positive & (df[IMAGE_LABEL].to_numpy() == 1)
@@ -77,24 +62,7 @@ def slice_targets(df, names, clot_mode="exam"):
     for k, name in enumerate(names):
         y[:, k] = df[name].to_numpy(np.float32)
         w[:, k] = clot if name in CLOT_LABELS else positive if name in HEART_LABELS else 1.0
-        if name in CLOT_LABELS and clot_mode == "slice":
-            y[:, k] = clot * _seen_on_slice(df, name)
-            w[:, k] = 1.0
     return y, w
-
-
-def _seen_on_slice(df, name):
-    """What a clot on a PE slice shows, for the detector of ``name`` (slice mode): its side and
-    site are the exam's; its age is not, since an acute-and-chronic exam has clots of both
-    kinds. So the chronic_pe detector looks for a chronic clot (exam chronic or acute and
-    chronic) and the acute_and_chronic_pe detector for an acute one (any positive exam that is
-    not chronic_pe); the head's pooling of the two gives the exam labels (both seen: acute and
-    chronic)."""
-    if name == "chronic_pe":
-        return ((df["chronic_pe"] == 1) | (df["acute_and_chronic_pe"] == 1)).to_numpy(np.float32)
-    if name == "acute_and_chronic_pe":
-        return (df["chronic_pe"] == 0).to_numpy(np.float32)
-    return df[name].to_numpy(np.float32)
 
 
 def flip_order(names):
@@ -111,17 +79,10 @@ def flip_order(names):
     return np.array([outputs.index(swap.get(n, n)) for n in outputs])
 
 
-def exam_loss(logits, y, w, per_label=False):
-    """BCE mean over the counted entries of (B, K) logits; 0 where a batch counts none.
-    ``per_label`` (the slice mode): each label's mean over its own counted entries, then the
-    mean over the labels counted in the batch, so that the detectors' many easy zeros (every
-    slice counts) do not dilute RV/LV, counted on the slices of positive exams only."""
-    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none") * w
-    if not per_label:
-        return bce.sum() / w.sum().clamp(min=1.0)
-    n = w.sum(0)
-    counted = n > 0
-    return (bce.sum(0)[counted] / n[counted]).sum() / counted.sum().clamp(min=1)
+def exam_loss(logits, y, w):
+    """BCE mean over the counted entries of (B, K) logits; 0 where a batch counts none."""
+    bce = F.binary_cross_entropy_with_logits(logits, y, reduction="none")
+    return (bce * w).sum() / w.sum().clamp(min=1.0)
 
 
 def val_aucs(logits, y, w, names):
@@ -137,9 +98,9 @@ def val_aucs(logits, y, w, names):
     return out
 
 
-def exam_metrics(loss_fn, logits, labels, weights, names, weight, per_label=False):
+def exam_metrics(loss_fn, logits, labels, weights, names, weight):
     """Validation numbers of a CNN with extra outputs: val_loss is the training objective."""
     image_loss = float(loss_fn(logits[:, 0], labels[:, 0]))
-    extra = float(exam_loss(logits[:, 1:], labels[:, 1:], weights, per_label))
+    extra = float(exam_loss(logits[:, 1:], labels[:, 1:], weights))
     return {"val_loss": image_loss + weight * extra, "val_image_loss": image_loss,
             "val_exam_loss": extra, **val_aucs(logits[:, 1:], labels[:, 1:], weights, names)}
