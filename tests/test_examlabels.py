@@ -205,6 +205,16 @@ def test_dump_head_and_inference_take_the_cnn(workspace, tmp_path, monkeypatch):
                  "output_dir=output/inference/examlabels") == 0
     sub = pd.read_csv(trained_ws / "output" / "inference" / "examlabels" / "submission.csv")
     assert len(sub) and sub["label"].between(0, 1).all()
+    # A head that pools those logits (model.cnn_logits) on the same dumps, through stage 7
+    pooled = tmp_path / "examlabels_pool.yml"
+    pooled.write_text(f"base: {DEMO / 'train_rnn' / 'rexnet200_examlabels.yml'}\nmodel:\n  cnn_logits: 8\n")
+    train_rsna.main(["-c", str(pooled), *RNN_FAST])
+    head, _ = load(paths.run_dir(trained_ws / "output" / "train_rnn", "examlabels_pool", 0) / "best.ckpt")
+    assert head.logit_pool.n == 8 and head.logit_pool.linear.weight.abs().sum() > 0  # trained from 0
+    assert infer("models=[{cnn: rexnet200_examlabels, rnn: examlabels_pool}]",
+                 "output_dir=output/inference/examlabels_pool") == 0
+    pooled_sub = pd.read_csv(trained_ws / "output" / "inference" / "examlabels_pool" / "submission.csv")
+    assert pooled_sub["id"].tolist() == sub["id"].tolist() and not pooled_sub["label"].equals(sub["label"])
 
 
 def test_evaluate_auc_among_positive_exams(tmp_path, capsys):
