@@ -4,12 +4,12 @@ import numpy as np
 import pytest
 import torch
 
-from rsna_pe import exam_targets
+from rsna_pe import exam_targets, paths, provenance
 from rsna_pe.config import load_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.heads import LogitPool
 from rsna_pe.rnn import RNNTask, build_rnn
-from test_rnn import DIM, REPO, one_thread  # noqa: F401
+from test_rnn import DIM, REPO, make_dump, one_thread, tiny_overrides  # noqa: F401
 
 HEAD = {"input_dim": DIM, "hidden": 6, "layers": 3, "dropout": 0.5,
         "transformer": {"width": 8, "layers": 2, "heads": 2, "ff": 16}}
@@ -61,3 +61,17 @@ def test_the_variant_config(root):
     assert m["input_dim"] == 2560 + n_logits and cfg["loss"]["name"] == "metric"
     assert build_rnn(m).logit_pool.n == n_logits
     RNNTask(cfg)
+
+
+def test_a_pooling_head_refuses_a_dump_without_that_many_logits(tmp_path):
+    csv = make_dump(tmp_path)  # plain features: its record names no logits
+    pooled = tmp_path / "pooled.yml"
+    pooled.write_text(f"base: {REPO / 'configs/train_rnn/_base.yml'}\nmodel:\n  cnn_logits: 3\n")
+    task = RNNTask(load_config(pooled, tiny_overrides(tmp_path, csv)))
+    record = provenance.record_path(paths.dump_dir(tmp_path / "dump", "cnn_a", 0))
+    with pytest.raises(PipelineError, match=f"{record}: the embeddings end with 0 CNN logits"):
+        task.datasets()
+    rec = provenance.load(record)
+    rec["params"]["logits"] = ["pe_present_on_image", "central_pe", "leftsided_pe"]
+    provenance.write(record.parent, rec)
+    assert len(task.datasets()) == 2  # three logits named: accepted

@@ -200,6 +200,9 @@ def test_dump_head_and_inference_take_the_cnn(workspace, tmp_path, monkeypatch):
     dumped = list((trained_ws / "dump" / "v1" / "rexnet200_examlabels" / "fold_0").rglob("*.npz"))
     # the demo config hands the head the CNN's 1 + 7 logits after the 2560 features
     assert dumped and np.load(dumped[0])["embeddings"].shape[1] == 2560 + 8
+    # and its record says what those 8 dims are
+    logits = json.loads(dumped[0].parents[1].joinpath("record.json").read_text())["params"]["logits"]
+    assert logits == [IMAGE_LABEL, *exam_targets.target_labels(load_config(CNN_CFG)["model"])]
     # its own output folder: the shared workspace may hold the recipe's submission already
     assert infer("models=[{cnn: rexnet200_examlabels, rnn: rexnet200_examlabels}]",
                  "output_dir=output/inference/examlabels") == 0

@@ -109,7 +109,6 @@ class RSNACNN(nn.Module):
         return torch.cat([image, self.exam_head(h)], dim=1) if self.exam_labels else image
 
 
-
 def _no_weights_error(name, err):
     return PipelineError(
         f"cannot download {name} pretrained weights (no network? {type(err).__name__}); set "

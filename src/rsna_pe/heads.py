@@ -62,14 +62,13 @@ class LogitPool(nn.Module):
         nn.init.zeros_(self.linear.bias)
 
     def forward(self, emb, mask):
-        z = emb[..., -self.n:]
-        z = z.to(torch.promote_types(z.dtype, self.linear.weight.dtype))
+        z = emb[..., -self.n:].to(self.linear.weight.dtype)
         m = mask.unsqueeze(-1).to(z.dtype)
         mean = (z * m).sum(1) / m.sum(1).clamp(min=1)
         top = z.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
         p = torch.sigmoid(z[..., :1]) * m
         weighted = (p * z).sum(1) / p.sum(1).clamp(min=1e-6)
-        return self.linear(torch.cat([top, mean, weighted], dim=-1).to(self.linear.weight.dtype))
+        return self.linear(torch.cat([top, mean, weighted], dim=-1))
 
 
 def logit_pool(cnn_logits, input_dim):

@@ -17,7 +17,7 @@ from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 from torch.utils.data import Dataset
 
-from . import labels, metric, paths
+from . import labels, metric, paths, provenance
 from .errors import PipelineError
 from .folds import read_fold_csv, split_by_fold
 from .heads import attend, build_transformer, logit_pool, metric_loss, neighbour_diff, slice_mask
@@ -300,8 +300,22 @@ class RNNTask(Task):
         if dim != want:
             raise PipelineError(f"{train_ds.file(train[0])}: embeddings have {dim} features, "
                                 f"config model.input_dim is {want}")
+        self._check_logits()
         log.info("rnn fold %d: %d train / %d val series from %s", self.fold, len(train), len(val), self.dump)
         return train_ds, val_ds
+
+    def _check_logits(self):
+        """``model.cnn_logits`` must match the CNN logits the dump's record says its embeddings
+        end with (a dump without them would have the head pool arbitrary features)."""
+        n = int(self.cfg["model"].get("cnn_logits", 0))
+        if not n:
+            return
+        rec = provenance.load(self.dump) or {}
+        logits = (rec.get("params") or {}).get("logits") or []
+        if len(logits) != n:
+            raise PipelineError(f"{provenance.record_path(self.dump)}: the embeddings end with {len(logits)} CNN "
+                                f"logits, config model.cnn_logits is {n} (dump a CNN with "
+                                "model.exam_targets.in_embedding, or set model.cnn_logits to match)")
 
     def build_model(self):
         return build_rnn(self.cfg["model"])

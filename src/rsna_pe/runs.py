@@ -158,18 +158,20 @@ def checkpoint_sha256(path):
 
 def dump_record(ckpt_path, ckpt, npz_root, out_dir):
     """Stage 5: the checkpoint's content hash and input size (and kind, other than the recipe's
-    windows), the label order of ``labels``, the npz set as input."""
+    windows), the label order of ``labels``, the npz set as input; with
+    ``exam_targets.in_embedding`` also ``logits``, what the embedding's last dims stand for."""
     refs, _ = input_records({"npz": npz_root}, out_dir)
     trained_on = (ckpt["record"].get("inputs") or {}).get("jpegs", {}).get("digest")
     packed_from = (provenance.load(npz_root)["inputs"] or {}).get("jpegs", {}).get("digest")
     if trained_on and packed_from and trained_on != packed_from:
         raise PipelineError(f"{ckpt_path}: trained on another JPEG set than {npz_root} was packed "
                             "from; retrain the CNN or remake the npz set")
-    kind = input_kind(ckpt["config"])
+    kind, logits = input_kind(ckpt["config"]), exam_targets.in_embedding(ckpt["config"].get("model"))
     rec = provenance.make("dump_embeddings", {
         "checkpoint_sha256": checkpoint_sha256(ckpt_path),
         "input_size": int(ckpt["config"]["dataset"]["size"]), "labels": list(L.LABELS),
-        **({} if kind == DEFAULT_INPUT else {"input": kind})}, refs)
+        **({} if kind == DEFAULT_INPUT else {"input": kind}),
+        **({"logits": output_labels(ckpt["config"])} if logits else {})}, refs)
     rec["info"]["checkpoint"] = str(ckpt_path)
     return rec
 
