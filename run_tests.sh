@@ -11,6 +11,13 @@ if ! "$PY" -c "import pytest" 2>/dev/null; then
   exit 2
 fi
 export WANDB_MODE=disabled
+# The suite's temporary folders peak at about 3.5 GB (real rexnet_200 checkpoints): say so up
+# front rather than fail halfway with "No space left on device".
+tmp_root="${PYTEST_DEBUG_TEMPROOT:-${TMPDIR:-/tmp}}"
+free_kb="$(df -Pk "$tmp_root" 2>/dev/null | awk 'NR == 2 {print $4}')"
+if [ -n "$free_kb" ] && [ "$free_kb" -lt 4000000 ]; then
+  echo "warning: $tmp_root has $((free_kb / 1024)) MB free; the tests need about 4 GB there" >&2
+fi
 set +e
 "$PY" -m pytest "$@"
 rc=$?

@@ -35,6 +35,19 @@ def workspace(tmp_path_factory, one_thread):
 
 
 @pytest.fixture(scope="module")
+def module_dir(tmp_path_factory, request):
+    """A folder for one test module's shared fixtures, removed when the module ends unless one
+    of its tests failed: the workspaces hold real rexnet_200 checkpoints (about 0.4 GB per
+    trained CNN run), and kept to the end of the session they add up to more disk than a CI
+    machine may have (pytest.ini removes passed tests' own folders the same way)."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
 def ws(workspace):
     """The shared workspace as the current folder (its configs use relative paths)."""
     with pytest.MonkeyPatch.context() as mp:

@@ -18,8 +18,8 @@ from rsna_pe.labels import EXAM_LABELS, LABELS
 
 
 @pytest.fixture(scope="module")
-def exported(trained_ws, tmp_path_factory):
-    out = tmp_path_factory.mktemp("bundle") / "models"
+def exported(trained_ws, module_dir):
+    out = module_dir / "models"
     mp = pytest.MonkeyPatch()
     mp.chdir(trained_ws)
     try:

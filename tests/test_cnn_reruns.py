@@ -23,8 +23,8 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # in-process and subprocess 
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_data(tmp_path_factory.mktemp("cnn") / "data")
+def data(module_dir):
+    return write_data(module_dir / "data")
 
 
 def test_killed_at_any_write_resumes_to_identical_weights(data, tmp_path, monkeypatch):

@@ -166,9 +166,9 @@ def test_a_few_steps_lower_both_losses():
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
+def data(module_dir):
     """cnn_data's JPEGs with exam labels: even studies positive (left clot, RV/LV >= 1)."""
-    root = write_data(tmp_path_factory.mktemp("exam") / "data")
+    root = write_data(module_dir / "data")
     csv = paths.fold_csv(root, SIZE)
     df = pd.read_csv(csv)
     pos = df["fold"] % 2 == 0

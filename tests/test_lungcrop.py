@@ -35,10 +35,10 @@ STAGE = {make_image: ["data_dir=data", f"jpeg_size={JPEG}", "workers=1"],
 
 
 @pytest.fixture(scope="module")
-def syn(tmp_path_factory):
+def syn(module_dir):
     """A tiny synthetic set and its plan (the phantoms' geometry), stages 1, 2 and 4 run on it
     lung-cropped and whole-slice."""
-    root = tmp_path_factory.mktemp("lungcrop")
+    root = module_dir
     generate(root / "data", workers=1, **SYN)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

@@ -61,9 +61,9 @@ def test_neighbour_rows_follow_z_within_each_series_whatever_the_row_order():
 
 # ----------------------------------------------------------------------------- a neighbours run
 @pytest.fixture(scope="module")
-def nb(workspace, tmp_path_factory):
+def nb(workspace, module_dir):
     """A copy of the workspace with the neighbours CNN (input = JPEG size), its dump and head."""
-    root = tmp_path_factory.mktemp("neighbours") / "ws"
+    root = module_dir / "ws"
     shutil.copytree(workspace, root)
     with pytest.MonkeyPatch.context() as mp:
         mp.chdir(root)

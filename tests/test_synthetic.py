@@ -22,8 +22,8 @@ PARAMS = dict(n_train=6, n_test=3, slices=(8, 12), matrix=64, seed=3,
 
 
 @pytest.fixture(scope="module")
-def dataset(tmp_path_factory):
-    root = tmp_path_factory.mktemp("synthetic") / "data"
+def dataset(module_dir):
+    root = module_dir / "data"
     return sy.generate(root, workers=1, **PARAMS)
 
 

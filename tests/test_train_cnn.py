@@ -35,14 +35,15 @@ def _one_thread(one_thread):
 
 
 @pytest.fixture(scope="module")
-def data(tmp_path_factory):
-    return write_data(tmp_path_factory.mktemp("cnn") / "data")
+def data(module_dir):
+    return write_data(module_dir / "data")
 
 
 @pytest.fixture(scope="module")
-def finished_run(data, tmp_path_factory):
+def finished_run(data, module_dir):
     """One uninterrupted run: 2 epochs x 2 steps, validating twice per epoch."""
-    out = tmp_path_factory.mktemp("out")
+    out = module_dir / "out"
+    out.mkdir()
     run_main(["-c", str(DEMO_CFG), *overrides(data, out)])
     return out, paths.run_dir(out, "rexnet200_bce", 0)
 

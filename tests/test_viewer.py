@@ -29,17 +29,18 @@ def _first_series(ws):
 
 
 @pytest.fixture(scope="module")
-def viewer(trained_ws, tmp_path_factory):
+def viewer(trained_ws, module_dir):
     """A viewer of one test study whose files carry patient tags set to marker strings."""
     src = _first_series(trained_ws)
-    series = tmp_path_factory.mktemp("tagged") / "study" / "series"
+    series = module_dir / "tagged" / "study" / "series"
     shutil.copytree(src, series)
     for f in series.glob("*.dcm"):
         ds = pydicom.dcmread(f)
         for tag, value in MARKERS.items():
             setattr(ds, tag, value)
         ds.save_as(f)
-    out = tmp_path_factory.mktemp("viewer")
+    out = module_dir / "viewer"
+    out.mkdir()
     mp = pytest.MonkeyPatch()
     mp.chdir(trained_ws)
     try:
