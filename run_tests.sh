@@ -11,7 +11,7 @@ if ! "$PY" -c "import pytest" 2>/dev/null; then
   exit 2
 fi
 export WANDB_MODE=disabled
-# The suite's temporary folders peak at about 3.5 GB (real rexnet_200 checkpoints): say so up
+# The suite's temporary folders peak at about 3.8 GB (real rexnet_200 checkpoints): say so up
 # front rather than fail halfway with "No space left on device".
 tmp_root="${PYTEST_DEBUG_TEMPROOT:-${TMPDIR:-/tmp}}"
 free_kb="$(df -Pk "$tmp_root" 2>/dev/null | awk 'NR == 2 {print $4}')"
