@@ -10,6 +10,8 @@ content hash, the input size and kind, the label order of ``labels``, the npz se
 The input is built as the checkpoint's config says (rsna_pe.model_input). A rerun with
 the same record skips finished series; after the checkpoint or the npz set changed it stops
 until ``overwrite=true`` redoes the dump. Under torchrun each rank takes its share of the series.
+A study or series id of the fold csv that is not a safe file name (rsna_pe.ids) stops it in
+one line naming the series, before anything is read or written.
 """
 import logging
 from pathlib import Path
@@ -80,9 +82,10 @@ def _dump(cfg, run, fold, ckpt, d):
     size, kind = saved["config"]["dataset"]["size"], input_kind(saved["config"])
 
     data = Path(cfg["data_dir"])
-    df = read_csv(paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"]), ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
+    key = ["StudyInstanceUID", "SeriesInstanceUID"]  # joined to paths by paths.series_file only (ids checked)
+    df = read_csv(paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"]), key, id_columns=key, dtype=str)
     src_root, out = paths.npz_dir(data, cfg["jpeg_size"], cfg["jpeg_crop"]), paths.dump_dir(cfg["dump_root"], run, fold)
-    keys = sorted(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)))
+    keys = sorted(set(map(tuple, df[key].values)))
     missing = [paths.series_file(src_root, *k) for k in keys if not paths.series_file(src_root, *k).is_file()]
     if missing:
         raise PipelineError(f"{missing[0]}: npz not found ({len(missing)} missing; run make_npz.py)")

@@ -6,8 +6,12 @@ Reads ``<data_dir>/<split>.csv`` and its DICOM series, and the models from their
 or from a model bundle (``bundle=DIR``, see docs/bundle.md); writes ``<output_dir>/submission.csv``
 (validated: every id once, labels in [0, 1], every consistency rule; a submission that fails is
 not written), ``errors.csv`` and ``record.json`` (every pair's checkpoint hashes, the settings
-that change predictions). A study that cannot be read gets the label prior and is listed in
-errors.csv (``on_error: fail`` makes that an error, and writes no submission). A rerun with the
+that change predictions). One study fails alone: whatever goes wrong while reading or
+predicting it (ids that are not safe file names, rsna_pe.ids; a broken header; files of more
+than one series; slices that differ from the csv; a model error or a non-finite output), it
+gets the label prior, made consistent, so that the submission stays complete and valid, and
+is listed with a one-line reason in errors.csv and the log. The command then warns and exits 0
+(``on_error: warn``) or exits 2 and writes no submission (``on_error: fail``). A rerun with the
 same record writes nothing; another record needs ``overwrite=true`` (the old submission is
 kept as submission.prev.csv). Under torchrun the ranks share the studies and rank 0 writes.
 """
@@ -19,20 +23,48 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, provenance, runs, runtime
+from rsna_pe import cli, ids, paths, provenance, runs, runtime
 from rsna_pe.bundle import load_ensemble
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.io import atomic_to_csv, read_csv
-from rsna_pe.labels import ID_COLUMNS
+from rsna_pe.labels import ID_COLUMNS, study_series
 from rsna_pe.metric import to_submission, validate_submission
-from rsna_pe.ensemble import StudyReader, series_dirs
+from rsna_pe.ensemble import StudyReader
 
 log = logging.getLogger("inference")
 
 
+def study_dirs(root, df, source):
+    """{study: its series folder} of the studies whose ids are safe file names, and
+    [(study, reason)] for the others, which are never joined to a path."""
+    dirs, refused = {}, []
+    for study, series in study_series(df, source):
+        try:
+            dirs[study] = paths.series_dir(root, study, series)
+        except ids.UnsafeIdError as e:
+            refused.append((study, str(e)))
+    return dirs, refused
+
+
+def _reason(e):
+    """Why a study failed: a PipelineError's own message, else the exception's type and text."""
+    return str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
+
+
+def predict_batch(ens, batch):
+    """[(exam (9,), image (S,)) or the reason it failed] per study of ``batch``: one pass for
+    all; if that fails, each study alone, so only the study that fails is lost."""
+    try:
+        preds = ens.predict_many([b["images"] for b in batch])
+    except Exception as e:  # noqa: BLE001 - whatever the models raise on one study's input
+        return [_reason(e)] if len(batch) == 1 else [predict_batch(ens, [b])[0] for b in batch]
+    return [p if all(np.isfinite(x).all() for x in p) else "the models' output is not finite" for p in preds]
+
+
 def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
-    """{study: (sops, exam (9,), image (S,))} and [(study, reason)] for studies read from disk.
+    """{study: (sops, exam (9,), image (S,))} and [(study, reason)] for studies read from disk;
+    a study that fails (reading or predicting) gets the label prior (``with_prior``).
     Workers decode the next studies while the models run; on a GPU consecutive studies go
     through the models together (``ens.group`` slices at a time, rsna_pe.embed)."""
     cuda = ens.device.type == "cuda"
@@ -42,8 +74,11 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
     results, errors, batch = {}, [], []
 
     def flush():
-        for item, (exam, img) in zip(batch, ens.predict_many([b["images"] for b in batch])):
-            results[item["study"]] = (item["sops"], exam, img)
+        for item, pred in zip(batch, predict_batch(ens, batch)):
+            if isinstance(pred, str):
+                with_prior(ens, [(item["study"], pred)], expected, results, errors)
+            else:
+                results[item["study"]] = (item["sops"], *pred)
         batch.clear()
 
     for item in tqdm(loader, desc="inference", unit="study", disable=rank > 0):
@@ -51,9 +86,7 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
         if err is None and sorted(item["sops"]) != sorted(expected[study]):
             err = f"{dirs[study]}: its slices' SOPInstanceUIDs do not match the csv"
         if err:
-            log.warning("study %s: %s; using the label prior", study, err)
-            errors.append((study, err))
-            results[study] = (expected[study], *ens.prior_prediction(len(expected[study])))
+            with_prior(ens, [(study, err)], expected, results, errors)
             continue
         batch.append(item)
         if sum(len(b["sops"]) for b in batch) >= ens.group:
@@ -61,6 +94,16 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
     if batch:
         flush()
     return results, errors
+
+
+def with_prior(ens, failed, expected, results, errors):
+    """Each failed study [(study, reason)]: logged, listed in ``errors`` with its reason on one
+    line, and predicted as the label prior (rsna_pe.ensemble.Ensemble.prior_prediction)."""
+    for study, reason in failed:
+        reason = " ".join(str(reason).split())
+        log.warning("study %s: %s; using the label prior", study, reason)
+        errors.append((study, reason))
+        results[study] = (expected[study], *ens.prior_prediction(len(expected[study])))
 
 
 OUTPUTS = ("submission.csv", "errors.csv", "config.yaml")
@@ -105,9 +148,9 @@ def _infer(cfg, d):
     if d.device.type == "cpu":
         runtime.set_cpu_threads(cfg["num_workers"], d.world)
     data = Path(cfg["data_dir"])
-    df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, dtype=str)
+    df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, id_columns=ID_COLUMNS, dtype=str)
     expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
-    dirs = series_dirs(data / cfg["split"], df)
+    dirs, refused = study_dirs(data / cfg["split"], df, f"{cfg['split']}.csv")
     out = Path(cfg["output_dir"])
     mine = sorted(dirs)[d.rank::d.world]
     n_slices = sum(len(expected[s]) for s in mine)
@@ -116,7 +159,7 @@ def _infer(cfg, d):
     if runs.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out)):
         log.info("%s is up to date", out / "submission.csv")
         return 0
-    log.info("%d studies, %d images, %d model pairs on %s%s", len(dirs), len(df), len(ens.members), d.device,
+    log.info("%d studies, %d images, %d model pairs on %s%s", len(expected), len(df), len(ens.members), d.device,
              ", compiled" if compile_ else "")
     results, errors = predict_all(ens, mine, dirs, expected, cfg["num_workers"], d.rank)
     gathered = runtime.gather_objects((results, errors), d)
@@ -124,6 +167,7 @@ def _infer(cfg, d):
         return 0
     results = {k: v for r, _ in gathered for k, v in r.items()}
     errors = [e for _, es in gathered for e in es]
+    with_prior(ens, refused, expected, results, errors)
 
     study_ids = sorted(results)
     sops = [np.asarray(results[s][0]) for s in study_ids]

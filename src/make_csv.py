@@ -8,7 +8,8 @@ of train.csv must be finished in the JPEG set or logged as failed by stage 1 (in
 any shard's errors.shard-K-of-N.csv), else this stops naming the missing ones. Folds are
 assigned on every study; failed series are dropped afterwards with a warning; a series with
 finished JPEGs is never dropped, whatever an old log says. The dropped series are part of the
-record, so after stage 1 converts one of them a rerun asks for overwrite=true.
+record, so after stage 1 converts one of them a rerun asks for overwrite=true. A series whose
+ids are not safe file names (rsna_pe.ids) is never looked up on disk: stage 1 logged it.
 """
 import logging
 from pathlib import Path
@@ -30,7 +31,7 @@ KEY = ["StudyInstanceUID", "SeriesInstanceUID"]
 
 def logged_failures(jpegs):
     """(study, series) of every failure stage 1 logged, in any shard's log."""
-    frames = [read_csv(p, KEY, dtype=IDS) for p in shards.all_logs(jpegs, "errors")]
+    frames = [read_csv(p, KEY, id_columns=KEY, dtype=IDS) for p in shards.all_logs(jpegs, "errors")]
     return {tuple(k) for f in frames for k in f[KEY].values}
 
 
@@ -61,7 +62,7 @@ def main(argv=None):
     jpegs, out = paths.jpeg_dir(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"]), \
         paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"])
     jpeg_ref = provenance.ref(jpegs, out.parent)
-    df = read_csv(data / "train.csv", TRAIN_COLUMNS, dtype=IDS)
+    df = read_csv(data / "train.csv", TRAIN_COLUMNS, id_columns=ID_COLUMNS, dtype=IDS)
     manifest, dropped = slice_order(df, jpegs, jpeg_ref["digest"])
     record = provenance.make("make_csv", {"n_splits": cfg["n_splits"], "seed": cfg["seed"],
                                           "dropped": ["/".join(k) for k in dropped]},

@@ -10,8 +10,11 @@ those, and ``errors.csv`` (series that failed; the command then exits non-zero).
 With ``jpeg_crop=lung`` (experiment.yml) every series is cut to its lungs' square box first
 (rsna_pe.lungcrop) into ``<split>-jpegs-<jpeg_size>-lungcrop``; each series' manifest keeps its
 box and ``boxes.csv`` (a shard: ``boxes.shard-K-of-N.csv``) lists them all.
-An image is named by its header's SOPInstanceUID (the file name's stem only when the header has
-none); a series whose file names differ gets one warning.
+An image is named by its header's SOPInstanceUID (by its position in the series when the header
+has none: never by the file's name); a series whose file names differ gets one warning.
+Ids become file and folder names only if they are safe names (rsna_pe.ids): a series with
+another study, series or SOP id, like one with a broken header or files of several series, is
+listed in errors.csv and the rest are converted. Nothing outside the JPEG set is replaced.
 Reruns: finished series are kept, others (new, failed, killed, made with other settings) done;
 an unchanged rerun writes nothing; other settings stop with an error unless overwrite=true.
 """
@@ -22,18 +25,19 @@ from pathlib import Path
 from rsna_pe import cli, paths, provenance, shards
 from rsna_pe.config import save_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.images import (conversion_params, convert_series, finished_boxes, finished_rows, finished_series,
+from rsna_pe.images import (conversion_params, convert_series, finished_boxes, finished_key, finished_rows,
                             has_unknown_series)
 from rsna_pe.io import atomic_to_csv, read_csv
 from rsna_pe.parallel import SeriesFailures, run_series
 
 log = logging.getLogger("make_image")
+KEY = ["StudyInstanceUID", "SeriesInstanceUID"]
 
 
 def _convert(key, src_root, out_root, size, quality, digest, crop_margin):
-    study, series = key
-    convert_series(src_root / study / series, out_root / study / series, size, quality, record=digest,
-                   crop_margin=crop_margin)
+    # An unsafe id is refused here, before any path is made of it (listed in errors.csv).
+    convert_series(paths.series_dir(src_root, *key), paths.series_dir(out_root, *key), size, quality,
+                   record=digest, crop_margin=crop_margin, root=out_root)
 
 
 def main(argv=None):
@@ -42,8 +46,8 @@ def main(argv=None):
     src_root = data / cfg["split"]
     out_root = paths.jpeg_dir(data, cfg["jpeg_size"], cfg["split"], cfg["jpeg_crop"])
     margin = cfg["lung_crop_margin"] if cfg["jpeg_crop"] == "lung" else None
-    df = read_csv(data / f"{cfg['split']}.csv", ["StudyInstanceUID", "SeriesInstanceUID"], dtype=str)
-    keys = shards.take(set(map(tuple, df[["StudyInstanceUID", "SeriesInstanceUID"]].values)), shard)
+    df = read_csv(data / f"{cfg['split']}.csv", KEY, id_columns=KEY, dtype=str)
+    keys = shards.take(set(map(tuple, df[KEY].values)), shard)
     if not src_root.is_dir():
         raise PipelineError(f"{src_root}: DICOM folder not found")
     out_root.mkdir(parents=True, exist_ok=True)
@@ -55,7 +59,7 @@ def main(argv=None):
     if (shard is None or shard.index == 0) and not (out_root / "make_image.yaml").is_file():
         save_config(cfg, out_root / "make_image.yaml")
 
-    todo = [k for k in keys if finished_series(out_root / k[0] / k[1], digest) is None]
+    todo = [k for k in keys if finished_key(out_root, k, digest) is None]
     stems = ("manifest", "errors") + (("boxes",) if margin is not None else ())
     logs = {stem: shards.log_path(out_root, stem, shard) for stem in stems}
     manifest, errors = logs["manifest"], logs["errors"]

@@ -9,7 +9,8 @@ record it was made under). A series with a missing or corrupt JPEG is logged to 
 (a shard: ``errors.shard-K-of-N.csv``) and the command exits non-zero after packing every
 other series. Reruns: finished files are kept, others (new, failed, killed, made under another
 record) packed; an unchanged rerun writes nothing; new inputs or settings stop with an error
-unless overwrite=true.
+unless overwrite=true. Ids become file names only if they are safe names (rsna_pe.ids): a series
+with another is logged to errors.csv like a corrupt one.
 """
 import functools
 import logging
@@ -18,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from rsna_pe import cli, paths, provenance, shards
+from rsna_pe import cli, ids, paths, provenance, shards
 from rsna_pe.config import save_config
 from rsna_pe.images import NPZ_FORMAT, jpeg_name, pack_jpeg_files
 from rsna_pe.io import atomic_savez, read_csv
@@ -31,8 +32,8 @@ log = logging.getLogger("make_npz")
 def pack_series(group, jpeg_root, out_root, compress, digest):
     """Rows of one series (sorted by z_pos_order) -> its npz."""
     study, series = group["StudyInstanceUID"].iloc[0], group["SeriesInstanceUID"].iloc[0]
-    folder = jpeg_root / study / series
-    files = [folder / jpeg_name(z, sop) for z, sop in zip(group["z_pos_order"], group["SOPInstanceUID"])]
+    folder, where = paths.series_dir(jpeg_root, study, series), ids.series_name(study, series)
+    files = [folder / jpeg_name(z, sop, where) for z, sop in zip(group["z_pos_order"], group["SOPInstanceUID"])]
     atomic_savez(paths.series_file(out_root, study, series), compress=compress,
                  **pack_jpeg_files(files),
                  labels=group[list(LABELS)].to_numpy(np.float32),
@@ -53,7 +54,7 @@ def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_npz.yml", argv=argv)
     data, shard = Path(cfg["data_dir"]), shards.parse(cfg["shard"])
     fold_csv = paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"])
-    df = read_csv(fold_csv, list(ID_COLUMNS) + list(LABELS) + ["z_pos_order"],
+    df = read_csv(fold_csv, list(ID_COLUMNS) + list(LABELS) + ["z_pos_order"], id_columns=ID_COLUMNS,
                   dtype=dict.fromkeys(ID_COLUMNS, str))
     jpeg_root, out_root = paths.jpeg_dir(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"]), \
         paths.npz_dir(data, cfg["jpeg_size"], cfg["jpeg_crop"])
@@ -69,8 +70,9 @@ def main(argv=None):
 
     groups = dict(iter(df.groupby(["StudyInstanceUID", "SeriesInstanceUID"])))
     keys = shards.take(groups, shard)
+    # A key with an unsafe id is never looked up: it is packed, i.e. refused and logged.
     todo = [groups[k].sort_values("z_pos_order") for k in keys
-            if npz_record(paths.series_file(out_root, *k)) != digest]
+            if not all(map(ids.is_safe, k)) or npz_record(paths.series_file(out_root, *k)) != digest]
     errors = shards.log_path(out_root, "errors", shard)
     log.info("%s%d series, %d already packed, %d to do -> %s", f"shard {shard}: " if shard else "",
              len(keys), len(keys) - len(todo), len(todo), out_root)

@@ -174,7 +174,8 @@ def test_header_sop_names_the_image_with_one_warning_per_series(tmp_path, monkey
     data = tmp_path / "data"
     write_series(data / "train" / "1.1" / "1.2", _volume(3), [2.0, 0.0, 1.0], sop_uids=["9.1", "9.2", "9.3"],
                  file_names=["x.dcm", "y.dcm", "9.3.dcm"])
-    # No SOPInstanceUID in the header: the file name's stem names the image, without a warning.
+    # No SOPInstanceUID in the header: the file's position names the image, never its file name
+    # (which may hold a patient's name).
     write_series(data / "train" / "2.1" / "2.2", _volume(2), [0.0, 1.0], drop_tags=("SOPInstanceUID",),
                  file_names=["a.dcm", "b.dcm"])
     rows = [("1.1", "1.2", s) for s in ("9.1", "9.2", "9.3")] + [("2.1", "2.2", s) for s in "ab"]
@@ -183,6 +184,7 @@ def test_header_sop_names_the_image_with_one_warning_per_series(tmp_path, monkey
         _run_stage1(tmp_path, monkeypatch, "workers=1")
     out = paths.jpeg_dir(data, 32)
     assert [(k, s) for k, s, _ in list_series_jpegs(out / "1.1" / "1.2")] == [(0, "9.2"), (1, "9.3"), (2, "9.1")]
-    assert [(k, s) for k, s, _ in list_series_jpegs(out / "2.1" / "2.2")] == [(0, "a"), (1, "b")]
+    assert [(k, s) for k, s, _ in list_series_jpegs(out / "2.1" / "2.2")] == [(0, "unnamed-0000"),
+                                                                              (1, "unnamed-0001")]
     odd = [r for r in caplog.records if "not named by their SOPInstanceUID" in r.getMessage()]
     assert len(odd) == 1 and "2 of 3 files" in odd[0].getMessage() and "1.2" in odd[0].getMessage()

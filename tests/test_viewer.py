@@ -154,8 +154,13 @@ def test_browser_slider_keys_and_curve_click_move_through_slices(viewer, chromiu
     _check_slice(chromium, pred, target)
     assert int(slider.get_attribute("value")) == target
     assert chromium.execute_script("return document.querySelectorAll('canvas.slice').length") == 3
-    # The panes get drawn once the slice's image has decoded: the lung-window canvas lights up.
-    WebDriverWait(chromium, 10).until(lambda b: b.execute_script(
+    WebDriverWait(chromium, 10).until(slice_drawn)
+
+
+def slice_drawn(browser):
+    """Whether the panes show a slice: drawn once its image has decoded, the lung-window canvas
+    lights up."""
+    return browser.execute_script(
         "const c = document.querySelector('canvas.slice'); const d = c.getContext('2d')"
         ".getImageData(0, 0, c.width, c.height).data; let s = 0; for (let i = 0; i < d.length; i += 4)"
-        " s += d[i]; return s > 0;"))
+        " s += d[i]; return s > 0;")

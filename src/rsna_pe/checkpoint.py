@@ -50,7 +50,11 @@ def load(path, device="cpu"):
     ckpt = read_checkpoint(path)
     check_checkpoint(ckpt, path)
     model = get_task(without_pretrained(ckpt["config"])).build_model()
-    model.load_state_dict(ckpt["model"])
+    try:
+        model.load_state_dict(ckpt["model"])
+    except RuntimeError as e:
+        raise PipelineError(f"{path}: weights do not fit the model its config describes "
+                            f"({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), ckpt
 
 

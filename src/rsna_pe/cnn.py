@@ -8,6 +8,7 @@ stages 5 and 7 hand to the head: the pooled features (2560 for rexnet_200), foll
 CNN's own logits with ``model.exam_targets.in_embedding``.
 """
 import logging
+import re
 from pathlib import Path
 
 import cv2
@@ -143,6 +144,24 @@ def load_backbone_file(backbone, path):
     log.info("loaded backbone weights from %s", path)
 
 
+# A timm architecture name, or one with its pretrained tag (``rexnet_200.nav_in1k``).
+_TIMM_NAME = re.compile(r"[a-z0-9_]+(\.[a-z0-9_]+)?")
+
+
+def offline_backbone(name, where):
+    """``name`` if timm builds it from its own code alone: an architecture of
+    ``timm.list_models()``, optionally with a pretrained tag (built without pretrained weights,
+    the tag only picks timm's built-in defaults). Hub (``hf-hub:``, ``timm/``) and local-folder
+    (``local-dir:``) names, which make timm fetch or read a config first, are refused: a model
+    rebuilt from given weights (a bundle) must never reach the network or the disk."""
+    import timm
+
+    if not (isinstance(name, str) and _TIMM_NAME.fullmatch(name) and name.split(".")[0] in timm.list_models()):
+        raise PipelineError(f"{where}: backbone {name!r:.80} is not a timm architecture name "
+                            "(hub, path and folder names are refused: the model must build offline)")
+    return name
+
+
 def build_cnn(mcfg):
     """Build the CNN from ``cfg['model']``; pretrained weights from the hub or a local file."""
     import timm
@@ -174,7 +193,7 @@ def build_cnn(mcfg):
 # ----------------------------------------------------------------------------- data
 def jpeg_path(root, study, series, z, sop):
     """``<root>/<study>/<series>/<zzzz>_<SOP>.jpg`` (docs/layout.md)."""
-    return f"{root}/{study}/{series}/{jpeg_name(int(z), sop)}"
+    return str(paths.series_dir(root, study, series) / jpeg_name(int(z), sop))
 
 
 def load_slice(path, size):

@@ -5,6 +5,10 @@ itself): the bases are merged in order, then its own keys over them. Each config
 facts every stage shares (the JPEG size) in one ``experiment.yml`` that all its stage configs
 inherit. ``run_name`` defaults to the config file's stem. Overrides are cast to the type of the
 value they replace, and an unknown key is an error: a typo must never train the wrong thing.
+
+Bad configs stop with one line (rsna_pe.cli: exit 2): a ``base:`` that is not a file name or a
+list of them, a loop of bases, YAML that does not parse (in a file or an override value), and
+an empty or non-list value of a key in ``NON_EMPTY`` (the lists a run iterates over).
 """
 import copy
 import re
@@ -16,6 +20,10 @@ from .errors import PipelineError
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
+# Top-level lists a run iterates over (stage 7's model pairs and folds, a training's seed per
+# fold): empty, a run would do nothing or fall back silently, so wherever a config holds one of
+# these keys, in a file or from an override, it must be a non-empty list.
+NON_EMPTY = ("models", "folds", "seeds")
 
 
 def _merge(base, over):
@@ -29,28 +37,49 @@ def _merge(base, over):
 
 
 def _bases(path, data):
-    bases = data.pop("base", None) or []
-    return [Path(path).parent / b for b in ([bases] if isinstance(bases, str) else bases)]
+    """The files ``base:`` names (a string or a list of strings, relative to ``path``)."""
+    bases = data.pop("base", None)
+    if bases in (None, "", []):
+        return []
+    names = [bases] if isinstance(bases, str) else bases
+    if not isinstance(names, list) or not all(isinstance(b, str) and b for b in names):
+        raise PipelineError(f"config {path}: key 'base' must be a file name or a list of file names, "
+                            f"not {bases!r:.80}")
+    return [Path(path).parent / b for b in names]
 
 
-def _read(path):
+def _read(path, chain=()):
+    """A config file merged over its bases; ``chain``: the files that led here (resolved), so
+    a file that is its own base, directly or through others, stops instead of recursing."""
     path = Path(path)
     if not path.is_file():
         raise PipelineError(f"config not found: {path}")
+    here = path.resolve()
+    if here in chain:
+        loop = " -> ".join(p.name for p in (*chain[chain.index(here):], here))
+        raise PipelineError(f"config {path}: its bases loop ({loop})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
         raise PipelineError(f"bad YAML in {path}: {str(e).splitlines()[0]}") from None
+    except (OSError, UnicodeDecodeError) as e:
+        raise PipelineError(f"cannot read config {path}: {type(e).__name__}") from None
     if not isinstance(data, dict):
         raise PipelineError(f"config {path} must be a mapping")
     merged = {}
     for base in _bases(path, data):
-        merged = _merge(merged, _read(base))
+        merged = _merge(merged, _read(base, (*chain, here)))
     return _merge(merged, data)
 
 
 def _cast(key, text, old):
-    new = yaml.safe_load(text)
+    try:
+        new = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        if isinstance(old, str):  # a string key takes the text as it is
+            return text
+        raise PipelineError(f"override {key}={text}: not a YAML value "
+                            f"({str(e).splitlines()[0]})") from None
     if old is None or new is None:
         return new
     if isinstance(old, bool):
@@ -97,7 +126,16 @@ def load_config(path, overrides=()):
     cfg = _read(path)
     cfg.setdefault("run_name", Path(path).stem)
     cfg["config_file"] = str(path)
-    return apply_overrides(cfg, overrides)
+    return check_lists(apply_overrides(cfg, overrides), path)
+
+
+def check_lists(cfg, path):
+    """``cfg`` if each key of ``NON_EMPTY`` it holds is a non-empty list (see NON_EMPTY)."""
+    for key in NON_EMPTY:
+        if key in cfg and not (isinstance(cfg[key], list) and cfg[key]):
+            raise PipelineError(f"config {path}: key '{key}' must be a non-empty list, "
+                                f"not {cfg[key]!r:.80} (a run needs at least one)")
+    return cfg
 
 
 def default_config(name):

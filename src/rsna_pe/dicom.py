@@ -7,13 +7,23 @@ pixel plugins (GDCM via python-gdcm; RLE natively).
 Ids: the competition names studies, series and images with 12-hex-character ids, which are not
 valid DICOM UIDs; pydicom 3 would warn once per file, so that one warning (and only for
 all-hex values) is silenced while this module reads. An image is named by its header's
-SOPInstanceUID; the file name's stem only when the header has none (train.csv rows are the
-headers' values). A series whose file names differ from their headers gets one warning.
+SOPInstanceUID (train.csv rows are the headers' values). A file without one is named by its
+position in the series' sorted file list, ``unnamed-<k>`` (never by its file name, which an
+archive may have made from the patient's name), with one warning per series; so is a series
+whose file names differ from their headers.
+
+Header values are data: a series is refused in one line naming the file (DicomReadError) when
+ImagePositionPatient, ImageOrientationPatient, RescaleSlope or RescaleIntercept holds a value
+that is not a finite number, and when its files belong to more than one study or series (by
+their StudyInstanceUID and SeriesInstanceUID). An InstanceNumber that is not an integer counts
+as missing (it only orders slices without positions). Nothing is ever left unsorted.
 """
 import contextlib
 import functools
 import logging
+import math
 import re
+import reprlib
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +31,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pydicom
+from pydicom.multival import MultiValue
 
 from .errors import PipelineError
 from .lungcrop import crop
@@ -33,7 +44,7 @@ class DicomReadError(PipelineError):
     """A file that cannot be read; the message names the file and the reason."""
 
     def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}")
+        super().__init__(f"{path}: {reason}" if str(path) else reason)
         self.path, self.reason = str(path), reason
 
 
@@ -43,6 +54,9 @@ class SliceInfo:
     sop: str
     z: float | None
     instance: int | None
+    study: str | None = None    # the header's StudyInstanceUID (None: absent)
+    series: str | None = None   # the header's SeriesInstanceUID (None: absent)
+    sop_in_header: bool = True  # False: ``sop`` is the positional name (no SOPInstanceUID)
 
 
 # pydicom's message for a UI value that is not dotted digits; all-hex values only. pydicom
@@ -91,14 +105,59 @@ def read_dataset(path, header_only=False):
         raise DicomReadError(path, f"not readable DICOM ({type(e).__name__}: {e})") from None
 
 
+def positional_name(index):
+    """The name of the ``index``-th file (sorted file list) of a series when its header has no
+    SOPInstanceUID: never the file's own name."""
+    return f"unnamed-{index:04d}"
+
+
+def _finite_numbers(ds, keyword, path):
+    """A numeric tag's values as floats, None when absent or empty; a value that is not a
+    finite number refuses the file (one line naming it)."""
+    value = ds.get(keyword)
+    if value is None or value == "":
+        return None
+    values = list(value) if isinstance(value, (list, tuple, MultiValue)) else [value]
+    try:
+        numbers = [float(v) for v in values]
+    except (TypeError, ValueError):
+        numbers = [math.nan]
+    if not all(math.isfinite(v) for v in numbers):
+        raise DicomReadError(path, f"{keyword} {reprlib.repr([str(v) for v in values])} holds a "
+                             "value that is not a finite number")
+    return numbers
+
+
+def _instance_number(ds):
+    """InstanceNumber, None when absent or not an integer (it is only a fallback order)."""
+    try:
+        return int(ds.get("InstanceNumber"))
+    except (TypeError, ValueError, OverflowError):
+        return None
+
+
+def _uid(ds, keyword):
+    value = ds.get(keyword)
+    return None if value is None or value == "" else str(value)
+
+
 @_quiet_hex_uids
-def slice_info(path, ds=None):
+def slice_info(path, index, ds=None):
+    """The slice facts of the ``index``-th file of a series; a header value that cannot be
+    read is a one-line error naming the file, whatever pydicom raises."""
     ds = ds if ds is not None else read_dataset(path, header_only=True)
-    ipp = ds.get("ImagePositionPatient")
-    z = float(ipp[2]) if ipp is not None and len(ipp) == 3 else None
-    inst = ds.get("InstanceNumber")
-    sop = ds.get("SOPInstanceUID") or Path(path).stem
-    return SliceInfo(Path(path), str(sop), z, int(inst) if inst not in (None, "") else None)
+    try:
+        ipp = _finite_numbers(ds, "ImagePositionPatient", path)
+        _finite_numbers(ds, "ImageOrientationPatient", path)
+        _rescale(ds, path)  # refused by the header alone, also where no pixels are read
+        sop = _uid(ds, "SOPInstanceUID")
+        return SliceInfo(Path(path), sop or positional_name(index),
+                         ipp[2] if ipp is not None and len(ipp) == 3 else None, _instance_number(ds),
+                         _uid(ds, "StudyInstanceUID"), _uid(ds, "SeriesInstanceUID"), sop is not None)
+    except DicomReadError:
+        raise
+    except Exception as e:  # pydicom converts values lazily and raises many types
+        raise DicomReadError(path, f"unreadable header value ({type(e).__name__}: {e})") from None
 
 
 @_quiet_hex_uids
@@ -109,16 +168,33 @@ def study_series_uids(path):
 
 
 def warn_file_names(infos, where=""):
-    """One warning per series whose files are not named by their SOPInstanceUID."""
-    odd = [i for i in infos if i.sop != i.path.stem]
+    """One warning per series whose files are not named by their SOPInstanceUID, one per series
+    with files that have none."""
+    unnamed = [i for i in infos if not i.sop_in_header]
+    if unnamed:
+        log.warning("%s: %d of %d files have no SOPInstanceUID; they are named by their position "
+                    "(first: %s)", where, len(unnamed), len(infos), unnamed[0].sop)
+    odd = [i for i in infos if i.sop_in_header and i.sop != i.path.stem]
     if odd:
         log.warning("%s: %d of %d files are not named by their SOPInstanceUID (first: %s holds %s); "
                     "images are named by the header's value", where, len(odd), len(infos),
                     odd[0].path.name, odd[0].sop)
 
 
+def check_one_series(infos, where=""):
+    """Refuse a folder whose files belong to more than one study or series (headers that
+    name them; files without the tag do not count)."""
+    for attr, tag in (("study", "StudyInstanceUID"), ("series", "SeriesInstanceUID")):
+        values = list(dict.fromkeys(v for v in (getattr(i, attr) for i in infos) if v is not None))
+        if len(values) > 1:
+            raise DicomReadError(where, f"files of more than one {attr}: {tag} {reprlib.repr(values[0])} "
+                                 f"and {reprlib.repr(values[1])}")
+
+
 def series_order(infos, where=""):
-    """A series' slices in z order (see sort_slices), warning once about odd file names."""
+    """A series' slices in z order (see sort_slices), warning once about odd file names;
+    refused when they are not one series (check_one_series)."""
+    check_one_series(infos, where)
     warn_file_names(infos, where)
     return sort_slices(infos, where)
 
@@ -142,7 +218,7 @@ def series_files(series_dir):
 
 def read_series_order(series_dir):
     """Headers only: the series' slices in z order."""
-    return series_order([slice_info(f) for f in series_files(series_dir)], where=str(series_dir))
+    return series_order([slice_info(f, k) for k, f in enumerate(series_files(series_dir))], where=str(series_dir))
 
 
 def _native_pixels(ds):
@@ -162,6 +238,16 @@ def _native_pixels(ds):
     return np.frombuffer(buf, dtype=dtype, count=rows * cols).reshape(rows, cols)
 
 
+def _rescale(ds, path):
+    """(RescaleSlope, RescaleIntercept) of one slice: 1 and 0 when absent or empty, a slope of
+    0 read as 1; anything but one finite number each refuses the file."""
+    slope, intercept = (_finite_numbers(ds, k, path) for k in ("RescaleSlope", "RescaleIntercept"))
+    for keyword, numbers in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
+        if numbers is not None and len(numbers) != 1:
+            raise DicomReadError(path, f"{keyword} holds {len(numbers)} values, one expected")
+    return (slope[0] if slope else 0.0) or 1.0, intercept[0] if intercept else 0.0
+
+
 @_quiet_hex_uids
 def to_hu(ds, path):
     """This slice's HU with its own slope/intercept: integer when exact, else float32."""
@@ -175,8 +261,7 @@ def to_hu(ds, path):
         raise DicomReadError(path, f"pixel data not decodable ({type(e).__name__}: {e})") from None
     if arr.ndim != 2:
         raise DicomReadError(path, f"expected one 2-D frame, got shape {arr.shape}")
-    slope = float(ds.get("RescaleSlope", 1) or 1)
-    intercept = float(ds.get("RescaleIntercept", 0) or 0)
+    slope, intercept = _rescale(ds, path)
     if slope == 1 and intercept == int(intercept):
         return arr.astype(np.int32) + int(intercept)
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
@@ -207,10 +292,10 @@ def windowed_slices(series_dir, sizes, bgr=False):
     {view: uint8 (size, size, 3)}) for the views ``sizes`` (sizes, or (size, box) pairs).
     Stage 1 (JPEGs) and stage 7 (inference) read DICOM through this one loop; only 8-bit
     results are kept, never a float volume."""
-    for f in series_files(series_dir):
+    for k, f in enumerate(series_files(series_dir)):
         ds = read_dataset(f)
         hu = to_hu(ds, f)
-        yield slice_info(f, ds), {v: hu_to_image(hu, _view(v)[0], bgr=bgr, box=_view(v)[1], where=f)
+        yield slice_info(f, k, ds), {v: hu_to_image(hu, _view(v)[0], bgr=bgr, box=_view(v)[1], where=f)
                                   for v in sizes}
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
+from . import paths
 from .checkpoint import find_checkpoint, load
 from .dicom import read_dataset, read_series_images, series_files
 from .embed import Embedder, to_device
@@ -28,13 +29,28 @@ log = logging.getLogger(__name__)
 def resolve_pairs(cfg):
     """[(cnn_ckpt, rnn_ckpt)] from ``checkpoints`` if given, else run names x folds."""
     if cfg["checkpoints"]:
-        pairs = [(Path(p["cnn"]), Path(p["rnn"])) for p in cfg["checkpoints"]]
+        pairs = [(Path(p["cnn"]), Path(p["rnn"])) for p in _pair_items(cfg, "checkpoints")]
         for path in (p for pair in pairs for p in pair):
             if not path.is_file():
                 raise PipelineError(f"{path}: checkpoint not found")
         return pairs
+    folds = cfg["folds"]
+    if not all(type(k) is int for k in folds):  # bool is an int to Python, not a fold
+        raise PipelineError(f"config {cfg.get('config_file')}: key 'folds' must list fold numbers, "
+                            f"not {folds!r:.80}")
     return [(find_checkpoint(cfg["cnn_output"], m["cnn"], k), find_checkpoint(cfg["rnn_output"], m["rnn"], k))
-            for m in cfg["models"] for k in cfg["folds"]]
+            for m in _pair_items(cfg, "models") for k in folds]
+
+
+def _pair_items(cfg, key):
+    """``cfg[key]``, checked to be a list of {cnn: str, rnn: str} (run names or paths)."""
+    items = cfg[key]
+    ok = isinstance(items, list) and items and all(
+        isinstance(p, dict) and all(isinstance(p.get(k), str) and p[k] for k in ("cnn", "rnn")) for p in items)
+    if not ok:
+        raise PipelineError(f"config {cfg.get('config_file')}: key '{key}' must be a non-empty list of "
+                            f"{{cnn: ..., rnn: ...}}, not {items!r:.80}")
+    return items
 
 
 def run_prior(rnn_ckpt):
@@ -42,7 +58,10 @@ def run_prior(rnn_ckpt):
     path = Path(rnn_ckpt).parent / "prior.json"
     if not path.is_file():
         raise PipelineError(f"{path}: label prior of the RNN run not found")
-    return json.loads(path.read_text())
+    try:
+        return json.loads(path.read_text())
+    except (ValueError, OSError) as e:
+        raise PipelineError(f"{path}: not a readable label prior ({type(e).__name__})") from None
 
 
 class Ensemble:
@@ -195,7 +214,7 @@ class Ensemble:
 
 def series_dirs(root, df, source="test.csv"):
     """{study: its series folder} from a test.csv-layout frame (one series per study)."""
-    return {study: Path(root) / study / series for study, series in study_series(df, source)}
+    return {study: paths.series_dir(root, study, series) for study, series in study_series(df, source)}
 
 
 

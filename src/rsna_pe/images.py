@@ -4,6 +4,7 @@ A converted series is a folder ``<study>/<series>/`` of ``<zzzz>_<SOP>.jpg`` fil
 ``manifest.json`` (``record``: the digest of the JPEG set's record it was made under; ``sop`` and
 ``z``: the slices in z order). The folder appears whole by one rename, so it exists only when
 complete, and it is finished for a set only when its ``record`` equals that set's digest.
+Every id in these names is a safe file name (rsna_pe.ids); a series with another is refused.
 """
 import json
 import os
@@ -13,8 +14,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from . import ids, paths
 from .dicom import DicomReadError, series_order, windowed_slices
-from .io import atomic_dir
+from .io import atomic_dir, strict_json
 from .lungcrop import crop_params, lung_box
 
 # Bump when the pixels a conversion writes change (window formula, resize, codec settings):
@@ -40,8 +42,9 @@ def jpeg_params(quality=95):
             cv2.IMWRITE_JPEG_SAMPLING_FACTOR, cv2.IMWRITE_JPEG_SAMPLING_FACTOR_444]
 
 
-def jpeg_name(z_pos_order, sop):
-    return f"{z_pos_order:04d}_{sop}.jpg"
+def jpeg_name(z_pos_order, sop, where="JPEG name"):
+    """``<zzzz>_<SOP>.jpg``; a SOP id that is not a safe file name is refused, naming ``where``."""
+    return f"{z_pos_order:04d}_{ids.checked(sop, 'SOPInstanceUID', where)}.jpg"
 
 
 _NAME = re.compile(r"^(\d{4,})_(.+)\.jpg$")
@@ -61,7 +64,7 @@ def read_jpeg(path):
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
-def convert_series(series_dir, out_dir, size, quality=95, record=None, crop_margin=None):
+def convert_series(series_dir, out_dir, size, quality=95, record=None, crop_margin=None, root=None):
     """DICOM series -> ``out_dir/<zzzz>_<SOP>.jpg`` and ``manifest.json``; returns manifest rows.
 
     One slice in memory at a time: each file is read once, windowed and written under its SOP
@@ -69,15 +72,19 @@ def convert_series(series_dir, out_dir, size, quality=95, record=None, crop_marg
     z order and the folder is renamed into place, so ``out_dir`` exists only when complete.
     ``record`` is the digest of the JPEG set's record, kept in the series' manifest.
     ``crop_margin`` (not None): every slice is cut to the series' lung box first, which the
-    manifest keeps as ``crop_box`` (null: no lungs found, whole slices).
-    Raises DicomReadError (naming the file) if any slice is unreadable; nothing is written then.
+    manifest keeps as ``crop_box`` (null: no lungs found, whole slices). ``root``: the JPEG set,
+    which ``out_dir`` must lie in (rsna_pe.io.atomic_dir).
+    Raises DicomReadError (naming the file) if any slice is unreadable or its SOPInstanceUID is
+    not a safe file name; nothing is written then.
     """
     params = jpeg_params(quality)
     box = lung_box(series_dir, crop_margin) if crop_margin is not None else None
     view = size if box is None else (size, box)
     infos = []
-    with atomic_dir(out_dir) as tmp:
+    with atomic_dir(out_dir, root) as tmp:
         for info, bgr in windowed_slices(series_dir, [view], bgr=True):
+            if not ids.is_safe(info.sop):
+                raise DicomReadError(info.path, ids.refusal(info.sop, "SOPInstanceUID"))
             if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr[view], params):
                 raise DicomReadError(tmp, f"cannot write JPEG for {info.path}")
             infos.append(info)
@@ -89,7 +96,7 @@ def convert_series(series_dir, out_dir, size, quality=95, record=None, crop_marg
         manifest = {"format": 1, "record": record, "sop": [i.sop for i in order], "z": [i.z for i in order]}
         if crop_margin is not None:
             manifest["crop_box"] = None if box is None else list(box)
-        (tmp / SERIES_MANIFEST).write_text(json.dumps(manifest))
+        (tmp / SERIES_MANIFEST).write_text(strict_json(manifest, out_dir / SERIES_MANIFEST))
     return [(k, i.sop, i.z) for k, i in enumerate(order)]
 
 
@@ -110,6 +117,12 @@ def finished_series(series_dir, digest):
     """The series' manifest if it was converted under the JPEG set record ``digest``, else None."""
     m = read_series_manifest(series_dir)
     return m if m is not None and m.get("record") == digest else None
+
+
+def finished_key(root, key, digest):
+    """finished_series of the series ``key`` (study, series) in the JPEG set ``root``; None,
+    without a look at the disk, for ids that are not safe file names (rsna_pe.ids)."""
+    return finished_series(paths.series_dir(root, *key), digest) if all(map(ids.is_safe, key)) else None
 
 
 def list_series_jpegs(series_dir):
@@ -172,7 +185,7 @@ def finished_rows(root, keys, digest):
     import pandas as pd
     rows, missing = [], []
     for study, series in keys:
-        m = finished_series(Path(root) / study / series, digest)
+        m = finished_key(root, (study, series), digest)
         if m is None:
             missing.append((study, series))
             continue
@@ -189,7 +202,7 @@ def finished_boxes(root, keys, digest):
     import pandas as pd
     rows = []
     for study, series in keys:
-        m = finished_series(Path(root) / study / series, digest)
+        m = finished_key(root, (study, series), digest)
         if m is not None:
             rows.append((study, series, *(m.get("crop_box") or (None,) * 4)))
     return pd.DataFrame(rows, columns=BOX_COLUMNS).astype({c: "Int64" for c in BOX_COLUMNS[2:]})

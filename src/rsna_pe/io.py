@@ -10,6 +10,7 @@ at its N-th output write, after the temporary is written and before it is rename
 """
 import contextlib
 import glob
+import json
 import os
 import shutil
 import tempfile
@@ -65,10 +66,23 @@ def atomic_path(final, suffix=""):
             os.remove(tmp)
 
 
+def check_inside(path, root):
+    """Refuse (one line) a ``path`` that is not strictly inside ``root`` once symlinks are
+    followed: what a stage replaces or removes must be its own output, never its input."""
+    from .errors import PipelineError
+    real, top = Path(path).resolve(), Path(root).resolve()
+    if real == top or not real.is_relative_to(top):
+        raise PipelineError(f"{path}: refused, it lies outside the output folder {root} (at {real})")
+
+
 @contextlib.contextmanager
-def atomic_dir(final):
-    """Yield a temporary folder beside ``final``; it replaces ``final`` if the block succeeds."""
+def atomic_dir(final, root=None):
+    """Yield a temporary folder beside ``final``; it replaces ``final`` if the block succeeds.
+    ``root``: the output folder ``final`` must lie in (check_inside), checked before anything
+    is created and again before ``final`` is replaced."""
     final = Path(final)
+    if root is not None:
+        check_inside(final, root)
     final.parent.mkdir(parents=True, exist_ok=True)
     _remove_leftovers(final)
     tmp = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.", suffix=".tmp"))
@@ -76,6 +90,8 @@ def atomic_dir(final):
         yield tmp
         os.chmod(tmp, 0o777 & ~_umask())
         _maybe_crash()
+        if root is not None:  # again: a folder on the way may have become a link meanwhile
+            check_inside(final, root)
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -87,6 +103,21 @@ def atomic_dir(final):
 def atomic_write_text(path, text):
     with atomic_path(path) as tmp:
         tmp.write_text(text)
+
+
+def strict_json(obj, where, **dumps_kwargs):
+    """``json.dumps`` that refuses NaN and infinity (not JSON: browsers and strict parsers
+    reject the file) with a one-line error naming ``where``."""
+    from .errors import PipelineError
+    try:
+        return json.dumps(obj, allow_nan=False, **dumps_kwargs)
+    except ValueError as e:
+        raise PipelineError(f"{where}: not written, a value is not finite ({e})") from None
+
+
+def atomic_write_json(path, obj, newline=True, **dumps_kwargs):
+    """Write ``obj`` as strict JSON (see strict_json) atomically; ``newline``: end with one."""
+    atomic_write_text(path, strict_json(obj, path, **dumps_kwargs) + ("\n" if newline else ""))
 
 
 def atomic_savez(path, compress=False, **arrays):
@@ -114,8 +145,10 @@ def atomic_torch_save(obj, path):
         torch.save(obj, tmp)
 
 
-def read_csv(path, required=(), **kwargs):
-    """pandas.read_csv with one-line errors naming the file and any missing column."""
+def read_csv(path, required=(), id_columns=(), **kwargs):
+    """pandas.read_csv with one-line errors naming the file and any missing column.
+    ``id_columns`` are read as text, an empty cell as '' (not NaN, which would pass for the
+    name 'nan' or stop a sort): an empty id is then refused as such (rsna_pe.ids)."""
     import pandas as pd
 
     from .errors import PipelineError
@@ -130,4 +163,7 @@ def read_csv(path, required=(), **kwargs):
     missing = [c for c in required if c not in df.columns]
     if missing:
         raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}")
+    present = [c for c in id_columns if c in df.columns]
+    if present:
+        df[present] = df[present].fillna("")
     return df

@@ -70,6 +70,11 @@ class SeriesFailures(PipelineError):
 ERROR_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "file", "reason"]
 
 
+def _where(file, reason):
+    """'file: reason', or the reason alone for a failure no file is to blame for (an unsafe id)."""
+    return f"{file}: {reason}" if file else reason
+
+
 def run_series(fn, items, key, errors_csv, workers=0, desc=""):
     """Run ``fn`` over series ``items`` in parallel; return the successful ``(item, result)``.
 
@@ -83,12 +88,12 @@ def run_series(fn, items, key, errors_csv, workers=0, desc=""):
     done, errors = [], []
     for item, result, err in imap(fn, items, workers, desc=desc):
         if err:
-            log.warning("series %s/%s failed: %s: %s", *key(item), *err)
+            log.warning("series %s/%s failed: %s", *key(item), _where(*err))
             errors.append((*key(item), *err))
         else:
             done.append((item, result))
     atomic_to_csv(pd.DataFrame(errors, columns=ERROR_COLUMNS), errors_csv)
     if errors:
-        raise SeriesFailures(f"{len(errors)} of {len(items)} series failed, first {errors[0][2]}: "
-                             f"{errors[0][3]} (all listed in {errors_csv})", done)
+        raise SeriesFailures(f"{len(errors)} of {len(items)} series failed, first "
+                             f"{_where(*errors[0][2:])} (all listed in {errors_csv})", done)
     return done

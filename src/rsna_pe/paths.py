@@ -2,6 +2,7 @@
 from pathlib import Path
 
 from .errors import PipelineError
+from .ids import checked, series_name
 
 # The experiment key jpeg_crop -> what it adds to the name of the JPEG set and of every folder
 # derived from it (fold csv, npz set), so that cropped and whole-slice sets live side by side.
@@ -42,5 +43,15 @@ def dump_dir(dump_root, model, fold):
     return Path(dump_root) / model / f"fold_{fold}"
 
 
+def series_dir(root, study, series):
+    """``<root>/<study>/<series>``: a series' folder (DICOM, JPEGs). Both ids must be safe
+    names (rsna_pe.ids), else a one-line error naming the series: no id reaches a path
+    unchecked, so none can point outside ``root``."""
+    where = series_name(study, series)
+    return Path(root) / checked(study, "StudyInstanceUID", where) / checked(series, "SeriesInstanceUID", where)
+
+
 def series_file(root, study, series, ext=".npz"):
-    return Path(root) / study / f"{series}{ext}"
+    """``<root>/<study>/<series><ext>``: a series' npz (stages 4, 5); ids checked (rsna_pe.ids)."""
+    folder = series_dir(root, study, series)
+    return folder.with_name(folder.name + ext)

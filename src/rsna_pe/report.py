@@ -17,7 +17,9 @@ def _curve(ax, img_prob, cams, title):
         ax.scatter(ks, img_prob[ks], color="tab:purple", s=14, zorder=3, label="activation map")
         ax.legend(loc="upper right", fontsize=8)
     ax.axhline(0.5, color="grey", ls="--", lw=1)
-    ax.set(xlabel="slice (z order, feet to head)", ylabel="P(PE on image)", ylim=(0, 1), title=title)
+    ax.set(xlabel="slice (z order, feet to head)", ylabel="P(PE on image)", ylim=(0, 1))
+    # The title holds header values (a UID may hold "$", "^", "_"): plain text, never mathtext or LaTeX.
+    ax.set_title(title, parse_math=False, usetex=False)
 
 
 def _overlay(ax, grey, cam, label):
@@ -31,7 +33,8 @@ def _overlay(ax, grey, cam, label):
 
 
 def draw_report(path, img_prob, exam_prob, previews, cams=None, title=""):
-    """``previews`` uint8 (S, 3, s, s) in WINDOWS order; ``cams`` {slice index: map (s, s)}."""
+    """``previews`` uint8 (S, 3, s, s) in WINDOWS order; ``cams`` {slice index: map (s, s)};
+    ``title`` is shown as plain text."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt

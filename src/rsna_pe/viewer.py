@@ -6,17 +6,24 @@ computed, the per-slice probabilities and the exam labels. No server, no network
 Content-Security-Policy forbids fetching anything), no external script or style.
 
 Privacy: the page carries the Study/Series/SOP Instance UIDs, z and the model's outputs only;
-never patient tags, nor the series' folder path (folder names may carry a patient's name).
+never patient tags, nor file or folder names (they may carry a patient's name).
+
+Hostile input: every value (header, config) is text. Pages are filled in one pass (a value that
+spells a placeholder stays literal), values are HTML-escaped or serialised into the JSON data
+block with ``<``, ``>``, ``&``, U+2028 and U+2029 escaped, and a content policy allows only the
+page's own script and style (by their sha256 hash), images from ``data:`` and nothing else.
 """
 import base64
+import hashlib
 import html
-import json
+import re
 from pathlib import Path
+from urllib.parse import quote
 
 import cv2
 import numpy as np
 
-from .io import atomic_write_text
+from .io import atomic_write_text, strict_json
 from .windows import WINDOWS
 
 TEMPLATE = Path(__file__).with_name("viewer_template.html")
@@ -66,54 +73,86 @@ def viewer_data(study, series, infos, img_prob, exam, previews, cams=None, cam_n
             "start": int(np.argmax(img_prob)), "cam_note": cam_note, "slices": slices}
 
 
+_PLACEHOLDER = re.compile(r"__([A-Z]+)__")
+_INLINE = {"script": re.compile(r"<script>(.*?)</script>", re.S),  # the data block has a type
+           "style": re.compile(r"<style>(.*?)</style>", re.S)}
+# Characters that could end or confuse the data block, as JSON escapes (valid in any string).
+_JSON_ESCAPES = {ord(c): f"\\u{ord(c):04x}" for c in "<>&\u2028\u2029"}
+
+
+def content_policy(template):
+    """The page's Content-Security-Policy: nothing from anywhere, except images from ``data:``
+    and the template's own inline scripts and styles, allowed by their sha256 hash."""
+    def sources(kind):
+        hashes = [base64.b64encode(hashlib.sha256(t.encode()).digest()).decode("ascii")
+                  for t in _INLINE[kind].findall(template)]
+        return " ".join(f"'sha256-{h}'" for h in hashes) or "'none'"
+    return ("default-src 'none'; img-src data:; connect-src 'none'; base-uri 'none'; "
+            f"form-action 'none'; style-src {sources('style')}; script-src {sources('script')}")
+
+
+def fill(template, values):
+    """``template`` with every ``__NAME__`` replaced by ``values[NAME]`` in one pass, so a value
+    that spells a placeholder stays literal; ``__CSP__`` gets the template's content policy."""
+    values = {"CSP": content_policy(template), **values}
+    return _PLACEHOLDER.sub(lambda m: values[m.group(1)], template)
+
+
+def json_block(data, where):
+    """Strict JSON (no NaN) safe inside ``<script type="application/json">``."""
+    return strict_json(data, where, separators=(",", ":")).translate(_JSON_ESCAPES)
+
+
 def render_viewer(data):
     """The viewer page for ``viewer_data(...)``."""
-    # "</" inside a script element would end it early; JSON allows the escaped form.
-    payload = json.dumps(data, separators=(",", ":")).replace("</", "<\\/")
     title = html.escape(f"PE viewer: study {data['study']}")
-    page = TEMPLATE.read_text()
-    return (page.replace("__TITLE__", title).replace("__HEADING__", title)
-            .replace("__DATA__", payload))
+    return fill(TEMPLATE.read_text(), {"TITLE": title, "HEADING": title,
+                                       "DATA": json_block(data, f"viewer of study {data['study']}")})
 
 
 def write_viewer(path, data):
     atomic_write_text(path, render_viewer(data))
 
 
-_INDEX_HEAD = """<!DOCTYPE html>
+_INDEX = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
+<meta http-equiv="Content-Security-Policy" content="__CSP__">
 <title>PE predictions</title><style>
-body { font: 13px/1.4 system-ui, sans-serif; margin: 16px; }
+body { font: 13px/1.4 system-ui, sans-serif; margin: 16px; } h1 { font-size: 16px; }
 table { border-collapse: collapse; } td, th { padding: 2px 10px; text-align: left; }
 td.num { text-align: right; font-variant-numeric: tabular-nums; } tr.pos td { font-weight: 600; }
 .uid { font-family: monospace; font-size: 12px; }
 </style></head><body>
-<h1 style="font-size:16px">PE predictions, most probable first</h1>
+<h1>PE predictions, most probable first</h1>
 <p>P(PE) is the largest per-slice probability; an exam is positive above 0.5.
 A research model, not a medical device.</p>
 <table id="studies"><thead><tr><th>#</th><th>study</th><th>slices</th><th>P(PE)</th>
 <th>PE</th><th>exam labels &gt; 0.5</th></tr></thead><tbody>
+__ROWS__</tbody></table></body></html>
 """
 
 
 def _index_row(rank, r):
     study = html.escape(str(r["study"]))
-    if r.get("error"):
+    if "error" in r:
         return (f"<tr><td>{rank}</td><td class='uid'>{study}</td><td colspan='4'>not read: "
                 f"{html.escape(str(r['error']))}</td></tr>")
     pos = [k for k, v in r["exam"].items() if v > 0.5]
     return (f"<tr class='{'pos' if r['max_prob'] > 0.5 else ''}'><td>{rank}</td>"
-            f"<td class='uid'><a href='{html.escape(r['href'])}'>{study}</a></td>"
+            f"<td class='uid'><a href='{html.escape(quote(r['href']))}'>{study}</a></td>"
             f"<td class='num'>{r['slices']}</td><td class='num'>{r['max_prob']:.3f}</td>"
             f"<td>{'present' if r['max_prob'] > 0.5 else 'absent'}</td>"
             f"<td>{html.escape(', '.join(pos))}</td></tr>")
 
 
-def write_index(path, rows):
+def render_index(rows):
     """``index.html`` linking each study's viewer, by P(PE) (max slice probability) descending;
-    rows: {study, href, slices, max_prob, exam} or {study, error}."""
-    ok = sorted((r for r in rows if not r.get("error")), key=lambda r: (-r["max_prob"], r["study"]))
-    bad = sorted((r for r in rows if r.get("error")), key=lambda r: r["study"])
-    body = "".join(_index_row(i + 1, r) + "\n" for i, r in enumerate(ok + bad))
-    atomic_write_text(path, _INDEX_HEAD + body + "</tbody></table></body></html>\n")
+    rows: {study, href, slices, max_prob, exam} or {study, error}. ``href`` is a relative path
+    (URL-encoded here); no row may hold a file or folder name the user has not chosen to show."""
+    ok = sorted((r for r in rows if "error" not in r), key=lambda r: (-r["max_prob"], str(r["study"])))
+    bad = sorted((r for r in rows if "error" in r), key=lambda r: str(r["study"]))
+    return fill(_INDEX, {"ROWS": "".join(_index_row(i + 1, r) + "\n" for i, r in enumerate(ok + bad))})
+
+
+def write_index(path, rows):
+    atomic_write_text(path, render_index(rows))
