@@ -83,8 +83,8 @@ def _dump(cfg, run, fold, ckpt, d):
 
     data = Path(cfg["data_dir"])
     key = ["StudyInstanceUID", "SeriesInstanceUID"]  # joined to paths by paths.series_file only (ids checked)
-    df = read_csv(paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"]), key, id_columns=key, dtype=str)
-    src_root, out = paths.npz_dir(data, cfg["jpeg_size"], cfg["jpeg_crop"]), paths.dump_dir(cfg["dump_root"], run, fold)
+    df = read_csv(paths.fold_csv(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"]), key, id_columns=key, dtype=str)
+    src_root, out = paths.npz_dir(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"]), paths.dump_dir(cfg["dump_root"], run, fold)
     keys = sorted(set(map(tuple, df[key].values)))
     missing = [paths.series_file(src_root, *k) for k in keys if not paths.series_file(src_root, *k).is_file()]
     if missing:

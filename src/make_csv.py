@@ -57,10 +57,10 @@ def main(argv=None):
                               help="print the fold csv's path for this config and exit"))
     data = Path(cfg["data_dir"])
     if args.print_output:  # lets scripts find the fold csv without spelling its path
-        print(paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"]))
+        print(paths.fold_csv(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"]))
         return 0
     jpegs, out = paths.jpeg_dir(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"]), \
-        paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"])
+        paths.fold_csv(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"])
     jpeg_ref = provenance.ref(jpegs, out.parent)
     df = read_csv(data / "train.csv", TRAIN_COLUMNS, id_columns=ID_COLUMNS, dtype=IDS)
     manifest, dropped = slice_order(df, jpegs, jpeg_ref["digest"])

@@ -44,7 +44,7 @@ def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_image.yml", argv=argv)
     data, shard = Path(cfg["data_dir"]), shards.parse(cfg["shard"])
     src_root = data / cfg["split"]
-    out_root = paths.jpeg_dir(data, cfg["jpeg_size"], cfg["split"], cfg["jpeg_crop"])
+    out_root = paths.jpeg_dir(data, cfg["jpeg_size"], split=cfg["split"], crop=cfg["jpeg_crop"])
     margin = cfg["lung_crop_margin"] if cfg["jpeg_crop"] == "lung" else None
     df = read_csv(data / f"{cfg['split']}.csv", KEY, id_columns=KEY, dtype=str)
     keys = shards.take(set(map(tuple, df[KEY].values)), shard)

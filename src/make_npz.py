@@ -53,11 +53,11 @@ def npz_record(path):
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="make_npz.yml", argv=argv)
     data, shard = Path(cfg["data_dir"]), shards.parse(cfg["shard"])
-    fold_csv = paths.fold_csv(data, cfg["jpeg_size"], cfg["jpeg_crop"])
+    fold_csv = paths.fold_csv(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"])
     df = read_csv(fold_csv, list(ID_COLUMNS) + list(LABELS) + ["z_pos_order"], id_columns=ID_COLUMNS,
                   dtype=dict.fromkeys(ID_COLUMNS, str))
     jpeg_root, out_root = paths.jpeg_dir(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"]), \
-        paths.npz_dir(data, cfg["jpeg_size"], cfg["jpeg_crop"])
+        paths.npz_dir(data, cfg["jpeg_size"], crop=cfg["jpeg_crop"])
     out_root.mkdir(parents=True, exist_ok=True)
     record = provenance.make("make_npz", {"format": NPZ_FORMAT},
                              {"jpegs": provenance.ref(jpeg_root, out_root),

@@ -120,8 +120,8 @@ def test_cropped_set_is_named_and_records_its_boxes(syn):
     data = root / "data"
     out = paths.jpeg_dir(data, JPEG, crop="lung")
     assert out.name == f"train-jpegs-{JPEG}-lungcrop" and paths.jpeg_dir(data, JPEG).name == f"train-jpegs-{JPEG}"
-    assert paths.fold_csv(data, JPEG, "lung").is_file() and paths.npz_dir(data, JPEG, "lung").is_dir()
-    assert paths.fold_csv(data, JPEG, "lung").parent.name == out.name == paths.npz_dir(data, JPEG, "lung").name
+    assert paths.fold_csv(data, JPEG, crop="lung").is_file() and paths.npz_dir(data, JPEG, crop="lung").is_dir()
+    assert paths.fold_csv(data, JPEG, crop="lung").parent.name == out.name == paths.npz_dir(data, JPEG, crop="lung").name
     # The record holds the crop's settings; the whole-slice set's record is as it always was.
     assert provenance.load(out)["params"] == {"split": "train", **conversion_params(JPEG, 95, 0.05)}
     assert provenance.load(out)["params"]["crop"] == crop_params(0.05)
@@ -137,7 +137,7 @@ def test_cropped_set_is_named_and_records_its_boxes(syn):
         assert m["crop_box"] == list(box) == row[["x0", "y0", "x1", "y1"]].tolist()
         assert not (paths.jpeg_dir(data, JPEG) / spec.study_uid / spec.series_uid / "boxes.csv").exists()
     # Folds are the same on both sets.
-    fold = [pd.read_csv(paths.fold_csv(data, JPEG, c)) for c in ("lung", "none")]
+    fold = [pd.read_csv(paths.fold_csv(data, JPEG, crop=c)) for c in ("lung", "none")]
     assert fold[0].equals(fold[1])
 
 
@@ -201,7 +201,7 @@ def test_stage7_input_equals_the_cropped_jpegs(syn, monkeypatch):
         box = lung_box(_series_dir(root, spec), 0.05)
         assert views[-1] == [(JPEG, box), JPEG]
         for crop, key, size in (("lung", crop_spec, 24), ("none", whole_spec, JPEG)):
-            with np.load(paths.series_file(paths.npz_dir(root / "data", JPEG, crop), spec.study_uid,
+            with np.load(paths.series_file(paths.npz_dir(root / "data", JPEG, crop=crop), spec.study_uid,
                                            spec.series_uid)) as z:
                 assert list(z["sop"]) == [i.sop for i in infos]
                 assert np.array_equal(images[key], resize_stack(read_npz_images(z, "npz"), size))

@@ -355,7 +355,7 @@ class CNNTask(Task):
         """Folders of the records a run is made from: the JPEG set and the fold csv."""
         data = cfg["dataset"]["data_dir"]
         return {"jpegs": paths.jpeg_dir(data, cfg["jpeg_size"], crop=paths.crop_of(cfg)),
-                "fold_csv": paths.fold_csv(data, cfg["jpeg_size"], paths.crop_of(cfg)).parent}
+                "fold_csv": paths.fold_csv(data, cfg["jpeg_size"], crop=paths.crop_of(cfg)).parent}
 
     def build_model(self):
         return build_cnn(self.cfg["model"])
@@ -364,12 +364,12 @@ class CNNTask(Task):
         dcfg = self.cfg["dataset"]
         src, size, crop = self.cfg["jpeg_size"], dcfg["size"], paths.crop_of(self.cfg)
         names = self.exam_labels
-        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src, crop),
+        df = read_fold_csv(paths.fold_csv(dcfg["data_dir"], src, crop=crop),
                            exam_targets.columns(names) if names else [IMAGE_LABEL])
         train_df, val_df = split_by_fold(df, dcfg["fold"], dcfg["k_fold"])
         if len(train_df) == 0 or len(val_df) == 0:
             raise PipelineError(f"fold {dcfg['fold']} leaves an empty train or val set in "
-                                f"{paths.fold_csv(dcfg['data_dir'], src, crop)}")
+                                f"{paths.fold_csv(dcfg['data_dir'], src, crop=crop)}")
         root = paths.jpeg_dir(dcfg["data_dir"], src, crop=crop)
         aug = self.cfg.get("augment")
         transform = build_train_transform(aug, size, bool(names)) \

@@ -14,6 +14,7 @@ EXAM_LABELS = (
 IMAGE_LABEL = "pe_present_on_image"
 # Order of every 10-vector in the pipeline: 9 exam-level labels, then the image-level one.
 LABELS = EXAM_LABELS + (IMAGE_LABEL,)
+N_EXAM = len(EXAM_LABELS)
 
 # Columns of the Kaggle train.csv that are neither ids nor LABELS.
 QA_COLUMNS = ("qa_motion", "qa_contrast", "flow_artifact", "true_filling_defect_not_pe")

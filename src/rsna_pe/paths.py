@@ -21,16 +21,21 @@ def jpeg_set(size, crop="none"):
     return f"jpegs-{size}{CROP_SUFFIX[crop]}"
 
 
-def jpeg_dir(data_dir, size, split="train", crop="none"):
+def jpeg_dir(data_dir, size, *, split="train", crop="none"):
     return Path(data_dir) / f"{split}-{jpeg_set(size, crop)}"
 
 
-def fold_csv(data_dir, size, crop="none"):
+def fold_csv(data_dir, size, *, crop="none"):
     return Path(data_dir) / "fold" / "ver1" / f"train-{jpeg_set(size, crop)}" / "train.csv"
 
 
-def npz_dir(data_dir, size, crop="none"):
+def npz_dir(data_dir, size, *, crop="none"):
     return Path(data_dir) / "npz" / f"train-{jpeg_set(size, crop)}"
+
+
+# A head run's label prior (training means of the 10 labels): stage 6 writes it, inference and
+# bundles read it.
+PRIOR_FILE = "prior.json"
 
 
 def run_dir(output_root, run_name, fold):

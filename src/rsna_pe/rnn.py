@@ -282,7 +282,7 @@ class RNNTask(Task):
     def split(self):
         """(train series, val series, label prior of the training part), from the fold csv."""
         if self._split is None:
-            csv = paths.fold_csv(self.cfg["dataset"]["data_dir"], self.cfg["jpeg_size"], paths.crop_of(self.cfg))
+            csv = paths.fold_csv(self.cfg["dataset"]["data_dir"], self.cfg["jpeg_size"], crop=paths.crop_of(self.cfg))
             df = read_fold_csv(csv, LABELS)
             train_df, val_df = split_by_fold(df, self.fold, self.k_fold)
             train, val = study_series(train_df, csv), study_series(val_df, csv)
@@ -330,7 +330,7 @@ class RNNTask(Task):
         """Folders of the records a run is made from: the dump and the fold csv."""
         ds = cfg["dataset"]
         return {"dump": paths.dump_dir(ds["dump_root"], ds["cnn_run"], ds["fold"]),
-                "fold_csv": paths.fold_csv(ds["data_dir"], cfg["jpeg_size"], paths.crop_of(cfg)).parent}
+                "fold_csv": paths.fold_csv(ds["data_dir"], cfg["jpeg_size"], crop=paths.crop_of(cfg)).parent}
 
     def extra_state(self):
         return {"cnn_run": self.cnn_run, "prior": self.split()[2]}
