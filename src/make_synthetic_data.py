@@ -2,16 +2,17 @@
 
     python src/make_synthetic_data.py OUT_DIR [--n-train 40] [--n-test 10] [--slices 30 50]
         [--matrix 512] [--seed 0] [--workers N] [--compressed-fraction 0.3]
-        [--positive-fraction 1/3] [--hex-ids] [--overwrite]
+        [--positive-fraction 1/3] [--hex-ids] [--overwrite] [scanner shift options]
 
 OUT_DIR gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test truth),
-train/ and test/ DICOM folders; see rsna_pe.synthetic for what the images hold.
+train/ and test/ DICOM folders; see rsna_pe.synthetic for what the images hold. The scanner
+shift options image the same studies as another site's scanner would (default: no shift).
 """
 import argparse
 import time
 
 from rsna_pe.cli import run
-from rsna_pe.synthetic import generate
+from rsna_pe.synthetic import ScannerShift, generate
 
 
 def _fraction(text):
@@ -43,7 +44,31 @@ def parse_args(argv=None):
                         "(e.g. 6897fa9de148) instead of DICOM UIDs")
     p.add_argument("--overwrite", action="store_true",
                    help="replace a synthetic set already in OUT_DIR (train/, test/, the csvs)")
+    _add_scanner_args(p.add_argument_group("scanner shift (a second site; default: none)"))
     return p.parse_args(argv)
+
+
+def _add_scanner_args(g):
+    g.add_argument("--noise-scale", type=float, default=1.0, metavar="F",
+                   help="image noise times F (default 1)")
+    g.add_argument("--hu-offset", type=float, default=0.0, metavar="HU",
+                   help="added to every HU, a CT-number calibration error (default 0)")
+    g.add_argument("--thickness-factor", type=float, default=1.0, metavar="F",
+                   help="slices F times thicker than their spacing, blending in their "
+                        "neighbours (default 1)")
+    g.add_argument("--sharpen", type=float, default=0.0, metavar="A",
+                   help="unsharp-mask amount of a sharper reconstruction kernel (default 0)")
+    g.add_argument("--manufacturer", help="Manufacturer tag (default SYNTHETIC)")
+    g.add_argument("--model", help="ManufacturerModelName tag (default: none)")
+    g.add_argument("--kvp", type=float, help="KVP tag (default: 100 or 120 per study)")
+    g.add_argument("--kernel", help="ConvolutionKernel tag (default: none)")
+
+
+def scanner_shift(args):
+    return ScannerShift(noise_scale=args.noise_scale, hu_offset=args.hu_offset,
+                        thickness_factor=args.thickness_factor, sharpen=args.sharpen,
+                        manufacturer=args.manufacturer, model=args.model, kvp=args.kvp,
+                        kernel=args.kernel)
 
 
 def main(argv=None):
@@ -53,7 +78,7 @@ def main(argv=None):
                    matrix=args.matrix, seed=args.seed, workers=args.workers,
                    compressed_fraction=args.compressed_fraction,
                    positive_fraction=args.positive_fraction, hex_ids=args.hex_ids,
-                   overwrite=args.overwrite)
+                   overwrite=args.overwrite, scanner=scanner_shift(args))
     print(f"{out.root}: {len(out.train)} train and {len(out.test_labels)} test images "
           f"in {time.time() - start:.1f} s")
 

@@ -380,3 +380,51 @@ def test_cli_hex_ids_option():
     import make_synthetic_data
     assert make_synthetic_data.parse_args(["d", "--hex-ids"]).hex_ids
     assert not make_synthetic_data.parse_args(["d"]).hex_ids
+
+
+SHIFT = dict(noise_scale=2.0, hu_offset=50.0, thickness_factor=1.5, sharpen=1.0, manufacturer="OTHERVENDOR",
+             model="SYNTH-CT 2", kvp=80.0, kernel="SHARP")
+
+
+def test_scanner_shift_changes_pixels_and_tags_never_labels(tmp_path):
+    small = dict(n_train=1, n_test=2, slices=(4, 5), matrix=32, seed=2, positive_fraction=0.5)
+    plain = sy.generate(tmp_path / "plain", workers=1, **small)
+    # An explicit "no shift" writes the very bytes of a set made without the option.
+    none = sy.generate(tmp_path / "none", workers=1, scanner=sy.ScannerShift(), **small)
+    for f in plain.root.rglob("*"):
+        if f.is_file():
+            assert filecmp.cmp(f, none.root / f.relative_to(plain.root), shallow=False), f
+    shifted = sy.generate(tmp_path / "shifted", workers=1, scanner=sy.ScannerShift(**SHIFT), **small)
+    assert shifted.train.equals(plain.train) and shifted.test_labels.equals(plain.test_labels)
+    assert json.loads((shifted.root / sy.MANIFEST).read_text())["scanner"] == SHIFT
+    assert "scanner" not in json.loads((plain.root / sy.MANIFEST).read_text())
+    for spec in sy.plan(**small):
+        a = _series_by_z(plain.series_dir(spec.split, spec.study_uid, spec.series_uid))
+        b = _series_by_z(shifted.series_dir(spec.split, spec.study_uid, spec.series_uid))
+        head = b[1][0]
+        assert (head.Manufacturer, head.ManufacturerModelName, head.ConvolutionKernel) == ("OTHERVENDOR", "SYNTH-CT 2", "SHARP")
+        assert float(head.KVP) == 80 and float(head.SliceThickness) == pytest.approx(1.5 * float(a[1][0].SliceThickness))
+        assert "ConvolutionKernel" not in a[1][0] and a[1][0].Manufacturer == "SYNTHETIC"
+    # Each pixel option alone changes the images; the offset alone adds exactly its HU.
+    spec = sy.plan(**small)[0]
+    base = np.stack([hu for _, hu in sy.render_series(spec)]).astype(np.int32)
+    for key in ("noise_scale", "hu_offset", "thickness_factor", "sharpen"):
+        spec.scanner = sy.ScannerShift(**{key: SHIFT[key]})
+        hu = np.stack([h for _, h in sy.render_series(spec)]).astype(np.int32)
+        assert not np.array_equal(hu, base), key
+        if key == "hu_offset":
+            inside = (base > sy.HU_MIN) & (base + 50 < sy.HU_MAX)
+            assert (hu[inside] - base[inside] == 50).all()
+
+
+def test_scanner_shift_options_and_their_checks():
+    import make_synthetic_data
+    args = make_synthetic_data.parse_args(["d", "--noise-scale", "2", "--hu-offset", "50", "--thickness-factor",
+                                           "1.5", "--sharpen", "1", "--manufacturer", "OTHERVENDOR", "--model",
+                                           "SYNTH-CT 2", "--kvp", "80", "--kernel", "SHARP"])
+    assert make_synthetic_data.scanner_shift(args).params() == SHIFT
+    assert make_synthetic_data.scanner_shift(make_synthetic_data.parse_args(["d"])).params() == {}
+    for bad in (dict(noise_scale=-1), dict(thickness_factor=0.5), dict(sharpen=-1), dict(kvp=0),
+                dict(kernel="K" * 17)):
+        with pytest.raises(PipelineError):
+            sy.ScannerShift(**bad)

@@ -6,7 +6,8 @@ contrast-filled pulmonary arterial tree (trunk, right/left main arteries, lobar 
 Findings follow the competition's label rules (:mod:`.findings`): emboli as filling defects,
 their site and shape giving the side, central and chronicity labels, the RV/LV chamber ratio,
 indeterminate exams with poor contrast or motion. :mod:`.plan` decides every study up front,
-:mod:`.dicom` writes the files, :mod:`.dataset` the whole set with its csvs.
+:mod:`.dicom` writes the files, :mod:`.dataset` the whole set with its csvs; :mod:`.scanner`
+images the same studies as another site's scanner would (a second site for site validation).
 
 The anatomy is exaggerated on purpose (arteries and defects are large) so that a CNN sees a
 defect at 64 px input. Everything is determined by the seed: the same seed gives byte-identical
@@ -22,12 +23,13 @@ from .dicom import COMPRESSED_SYNTAXES, RESCALE_VARIANTS, encode_frame, write_se
 from .findings import (CENTRAL_SITES, LEFT_SITES, LOBAR_SITES, LOBAR_WEIGHTS, RIGHT_SITES,
                        SITE_T, Embolus)
 from .plan import StudySpec, plan
+from .scanner import ScannerShift
 from .shapes import Canvas, Capsule, Disk
 
 __all__ = [
     "ARTERY_SCALE", "CENTRAL_SITES", "COMPRESSED_SYNTAXES", "Canvas", "Capsule", "Disk",
     "Embolus", "HU_MAX", "HU_MIN", "LEFT_SITES", "LOBAR_SITES", "LOBAR_WEIGHTS", "LPA_T",
     "MANIFEST", "OUTPUT_NAMES", "PA_HALF", "Phantom", "RESCALE_VARIANTS", "RIGHT_SITES", "RPA_T",
-    "SITE_T", "StudySpec", "SyntheticSet", "TRUNK_T", "VERSION", "encode_frame", "fov_mask",
+    "SITE_T", "ScannerShift", "StudySpec", "SyntheticSet", "TRUNK_T", "VERSION", "encode_frame", "fov_mask",
     "generate", "phantom", "plan", "render_series", "write_series", "write_slice",
 ]

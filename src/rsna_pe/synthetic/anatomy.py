@@ -327,13 +327,26 @@ def paint_embolus(cv, art, e):
 def phantom(spec):
     """(Phantom, rng) of a study, as :func:`render_series` draws it."""
     rng = np.random.default_rng(spec.seed)
-    return Phantom(spec, rng), rng
+    ph = Phantom(spec, rng)
+    if spec.scanner is not None:  # scaled after the draw: the random stream stays the same
+        ph.noise *= spec.scanner.noise_scale
+    return ph, rng
+
+
+def _stored_hu(img):
+    return np.clip(np.rint(img), HU_MIN, HU_MAX).astype(np.int16)
 
 
 def render_series(spec):
     """Yield (k, HU int16 (matrix, matrix)) for each slice in z order, without the padding
     outside the field of view (the data set writer adds it to the stored values)."""
     ph, rng = phantom(spec)
+    shift = spec.scanner
+    if shift is None or not shift.pixels_shifted:
+        for k in range(spec.n_slices):
+            yield k, _stored_hu(ph.slice(k, rng))
+        return
+    # Thick slabs mix neighbouring slices: the whole series first, then the scanner's changes.
+    hu = shift.apply([ph.slice(k, rng) for k in range(spec.n_slices)], spec.matrix)
     for k in range(spec.n_slices):
-        hu = np.clip(np.rint(ph.slice(k, rng)), HU_MIN, HU_MAX).astype(np.int16)
-        yield k, hu
+        yield k, _stored_hu(hu[k])

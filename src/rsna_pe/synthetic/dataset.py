@@ -15,8 +15,9 @@ import pydicom
 from ..errors import PipelineError
 from ..labels import ID_COLUMNS, IMAGE_LABEL, TRAIN_COLUMNS, exam_ids
 from .anatomy import render_series
-from .dicom import RESCALE_VARIANTS, ids_unchecked, series_header, write_dataset
+from .dicom import RESCALE_VARIANTS, ids_unchecked, series_header, set_tags, write_dataset
 from .plan import plan, uid
+from .scanner import ScannerShift
 
 log = logging.getLogger(__name__)
 
@@ -49,10 +50,15 @@ def fov_mask(n):
 def _study_header(spec):
     r = np.random.default_rng(spec.seed + 1)
     date = f"20{int(r.integers(*STUDY_YEARS))}{int(r.integers(1, 13)):02d}{int(r.integers(1, 29)):02d}"
-    return series_header(
+    kvp = int(r.choice(KVP_CHOICES))  # drawn even when a scanner shift sets it: same stream
+    shift = spec.scanner
+    thickness = spec.spacing if shift is None else round(spec.spacing * shift.thickness_factor, 3)
+    header = series_header(
         spec.study_uid, spec.series_uid, uid(spec.seed, spec.study_uid, "frame"),
-        f"SYN{spec.study_uid[-8:]}", study_date=date, kvp=int(r.choice(KVP_CHOICES)),
-        slice_thickness=spec.spacing)
+        f"SYN{spec.study_uid[-8:]}", study_date=date, kvp=kvp, slice_thickness=thickness)
+    if shift is not None:
+        set_tags(header, shift.header_tags())
+    return header
 
 
 def write_study(spec, root):
@@ -172,7 +178,7 @@ def _write_csvs(root, train, test):
 
 def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0, workers=None,
              compressed_fraction=0.3, odd_matrix_fraction=0.15, odd_rescale_fraction=0.2,
-             positive_fraction=1 / 3, overwrite=False, hex_ids=False):
+             positive_fraction=1 / 3, overwrite=False, hex_ids=False, scanner=None):
     """Write a synthetic data set in the Kaggle layout under ``out_dir`` and return it.
 
     ``out_dir`` gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test
@@ -184,6 +190,8 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
     ``workers`` processes render studies in parallel (default: all cores; 1 = in-process).
     ``hex_ids``: 12-hex-digit study, series and image ids (as in the competition data, e.g.
     ``6897fa9de148``) in the csvs, the paths and the DICOM headers, instead of DICOM UIDs.
+    ``scanner``: a :class:`ScannerShift` (or its params() dict): the same studies as another
+    site's scanner would image them (docs/synthetic.md); None = no shift.
     For tests: ``generate(tmp, 4, 2, slices=(8, 8), matrix=64, workers=1)`` takes about a second.
     """
     from ..io import atomic_write_text
@@ -197,12 +205,16 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
                   positive_fraction=float(positive_fraction))
     if hex_ids:  # only then: a set made before the option keeps its marker
         params["hex_ids"] = True
+    if not isinstance(scanner, ScannerShift):
+        scanner = ScannerShift.from_params(scanner)
+    if scanner.params():  # likewise: no shift, no entry
+        params["scanner"] = scanner.params()
     manifest = _manifest(**params)
     if workers is not None and workers < 1:
         raise PipelineError(f"--workers {workers}: at least 1")
     specs = plan(n_train, n_test, slices, matrix, seed, compressed_fraction,
                  odd_matrix_fraction, odd_rescale_fraction, positive_fraction,
-                 hex_ids=hex_ids)  # checks, cheap
+                 hex_ids=hex_ids, scanner=scanner)  # checks, cheap
     if _keep_or_clear(root, manifest, overwrite):
         return _read_set(root)
     root.mkdir(parents=True, exist_ok=True)

@@ -128,6 +128,14 @@ def series_header(study_uid, series_uid, frame_uid, patient_id, *, study_date="2
     return ds
 
 
+def set_tags(ds, tags):
+    """Set {keyword: value} on a header; numbers of a DS tag (KVP) are written as DS text."""
+    for keyword, value in tags.items():
+        if isinstance(value, (int, float)):
+            value = _ds_str(value)
+        setattr(ds, keyword, value)
+
+
 def write_dataset(path, header, stored, *, sop_uid, z, x0, y0, spacing, instance_number,
                   intercept, slope, transfer_syntax, padding_value=None, drop_tags=()):
     """Write one slice: the series ``header`` plus this slice's tags and stored int16 pixels."""

@@ -50,6 +50,7 @@ class StudySpec:
     labels: dict         # exam-level csv columns (EXAM_LABELS + QA_COLUMNS)
     emboli: list = field(default_factory=list)
     sop_uids: list = None  # per slice (z order); None: derived from seed and study_uid
+    scanner: object = None  # a ScannerShift (another site's scanner); None: today's images
 
     def image_labels(self):
         pe = np.zeros(self.n_slices, np.int64)
@@ -105,11 +106,13 @@ def _check(n_train, n_test, lo, hi, matrix, fractions, hex_ids):
 
 def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fraction=0.3,
          odd_matrix_fraction=0.15, odd_rescale_fraction=0.2, positive_fraction=1 / 3,
-         hex_ids=False):
+         hex_ids=False, scanner=None):
     """Decide every study: ids, slice count and positions, variants, findings and labels.
 
     ``hex_ids``: studies, series and images get 12-hex-digit ids as in the competition data
-    (e.g. ``6897fa9de148``) instead of DICOM UIDs."""
+    (e.g. ``6897fa9de148``) instead of DICOM UIDs. ``scanner``: a ScannerShift every study is
+    acquired with; it changes no id, finding or label (the same seed, the same patients)."""
+    scanner = scanner if scanner is not None and scanner.params() else None
     lo, hi = (int(s) for s in slices)
     _check(n_train, n_test, lo, hi, matrix,
            {"compressed_fraction": compressed_fraction, "odd_matrix_fraction": odd_matrix_fraction,
@@ -126,6 +129,7 @@ def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fracti
         for i in range(n):
             r = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_id, i, 1)))
             spec = _study_spec(r, seed, split, i, cases[i], variants[i], lo, hi)
+            spec.scanner = scanner
             specs.append(_hex_ids(spec, seed, split_id) if hex_ids else spec)
     return specs
 

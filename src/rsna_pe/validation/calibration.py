@@ -1,0 +1,137 @@
+"""Recalibration per label on a calibration split of the site, stored as ``calibration.json``.
+
+- platt (the default): p' = sigmoid(a logit(p) + b); b also absorbs a site whose prevalence
+  differs from the training data's;
+- temperature: p' = sigmoid(logit(p) / T), one parameter, for a split too small for two.
+
+Both are fit by maximum likelihood with a weak pull towards no change (T = 1; a = 1, b = 0), so
+a small split whose classes the model separates perfectly still gives finite parameters. Both
+keep the order of the probabilities (AUC unchanged) when T > 0 and a > 0. A label with fewer
+than MIN_PER_CLASS positive or negative studies in the split is left as it is: a handful of
+cases fits noise.
+"""
+import numpy as np
+
+from ..errors import PipelineError
+from .jsonio import in_folder, number, read_json, write_json
+
+FORMAT, FORMAT_VERSION = "rsna-pe-calibration", 1
+FILE = "calibration.json"
+METHODS = ("platt", "temperature")
+RIDGE = 1.0       # strength of the pull towards no change (a Gaussian prior of variance 1)
+P_CLIP = 1e-6     # probabilities 0 and 1 get finite logits
+MIN_SLOPE = 1e-3  # a model anti-correlated with the truth is not turned around by calibration
+MIN_PER_CLASS = 5  # studies of each class a label needs in the split to be calibrated
+
+
+def logit(p):
+    p = np.clip(np.asarray(p, dtype=np.float64), P_CLIP, 1 - P_CLIP)
+    return np.log(p) - np.log1p(-p)
+
+
+def sigmoid(z):
+    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
+
+
+def _loss(x, y, theta, theta0):
+    z = x @ theta
+    return float(np.sum(np.logaddexp(0.0, z) - y * z) + RIDGE / 2 * np.sum((theta - theta0) ** 2))
+
+
+def _newton(x, y, theta0):
+    """Penalised logistic regression of y on the columns of x, pulled towards theta0; Newton
+    steps halved until the (convex) loss does not rise."""
+    theta = theta0.astype(np.float64).copy()
+    for _ in range(100):
+        q = sigmoid(x @ theta)
+        g = x.T @ (q - y) + RIDGE * (theta - theta0)
+        h = (x * (q * (1 - q))[:, None]).T @ x + RIDGE * np.eye(len(theta))
+        step = np.linalg.solve(h, g)
+        t, f0 = 1.0, _loss(x, y, theta, theta0)
+        while _loss(x, y, theta - t * step, theta0) > f0 and t > 1e-8:
+            t /= 2
+        theta = theta - t * step
+        if np.max(np.abs(t * step)) < 1e-10:
+            break
+    return theta
+
+
+def fit(y, p, method="platt"):
+    """Parameters of ``method`` fit on (y, p): {"temperature": T} or {"slope": a, "intercept": b}."""
+    y, z = np.asarray(y, dtype=np.float64), logit(p)
+    if method == "temperature":
+        (slope,) = _newton(z[:, None], y, np.array([1.0]))
+        return {"temperature": 1.0 / max(float(slope), MIN_SLOPE)}
+    if method == "platt":
+        slope, intercept = _newton(np.stack([z, np.ones_like(z)], axis=1), y, np.array([1.0, 0.0]))
+        return {"slope": max(float(slope), MIN_SLOPE), "intercept": float(intercept)}
+    raise PipelineError(f"calibration method '{method}': one of {', '.join(METHODS)}")
+
+
+def apply(params, p):
+    """Calibrated probabilities of ``p`` under one label's parameters."""
+    z = logit(p)
+    if "temperature" in params:
+        return sigmoid(z / params["temperature"])
+    return sigmoid(params["slope"] * z + params["intercept"])
+
+
+def split(strata, fraction, seed):
+    """(N,) bool: the calibration studies, ``fraction`` of each stratum (e.g. PE present or not;
+    unknown is a stratum of its own), drawn with the seed; the rest is held out."""
+    number(fraction, "--calibrate-split", 0.0, 1.0)
+    strata = np.asarray(strata, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    keys = np.where(np.isfinite(strata), strata, -1.0)
+    mask = np.zeros(len(keys), dtype=bool)
+    for k in np.unique(keys):
+        idx = np.flatnonzero(keys == k)
+        mask[rng.permutation(idx)[:int(round(fraction * len(idx)))]] = True
+    return mask
+
+
+def fit_block(y, p, calib, method, fit_info):
+    """The calibration document: one parameter set per label (columns of the frames ``y``, ``p``)
+    with MIN_PER_CLASS studies of each class among the calibration studies ``calib`` ((N,) bool)."""
+    labels = {}
+    for label in y.columns:
+        keep = calib & y[label].notna().to_numpy() & p[label].notna().to_numpy()
+        yy, pp = y[label].to_numpy()[keep], p[label].to_numpy()[keep]
+        if min(yy.sum(), len(yy) - yy.sum()) >= MIN_PER_CLASS:
+            labels[label] = {**fit(yy, pp, method), "n": int(len(yy)), "n_pos": int(yy.sum())}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "method": method,
+            "labels": labels, "fit": {**fit_info, "min_per_class": MIN_PER_CLASS}}
+
+
+def write(doc, file_or_dir):
+    path = in_folder(file_or_dir, FILE)
+    validate(doc, path)
+    write_json(path, doc)
+    return path
+
+
+def read(file_or_dir):
+    path = in_folder(file_or_dir, FILE)
+    return validate(read_json(path, FORMAT, FORMAT_VERSION), path)
+
+
+def validate(doc, path):
+    """``doc`` if well formed (known method, finite positive temperature or slope), else an error."""
+    if doc.get("method") not in METHODS:
+        raise PipelineError(f"{path}: method must be one of {', '.join(METHODS)}")
+    want = ("temperature",) if doc["method"] == "temperature" else ("slope", "intercept")
+    if not isinstance(doc.get("labels"), dict):
+        raise PipelineError(f"{path}: 'labels' must be an object")
+    for label, params in doc["labels"].items():
+        if not isinstance(params, dict) or any(k not in params for k in want):
+            raise PipelineError(f"{path}: {label} needs {', '.join(want)}")
+        number(params[want[0]], f"{path}: {label}.{want[0]}", MIN_SLOPE / 10, np.inf)
+        if doc["method"] == "platt":
+            number(params["intercept"], f"{path}: {label}.intercept")
+    return doc
+
+
+def apply_block(doc, label, p):
+    """``p`` calibrated with the document's parameters of ``label`` (unchanged without them)."""
+    params = doc["labels"].get(label)
+    return np.asarray(p, dtype=np.float64) if params is None else apply(params, p)

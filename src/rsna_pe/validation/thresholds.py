@@ -1,0 +1,111 @@
+"""Operating points fixed in advance: per label, the threshold that reaches a target
+sensitivity on the development cross-validation (the heads' out-of-fold files), stored as
+``operating_points.json`` beside the models (a run folder or a bundle folder).
+
+A call is positive when ``p >= threshold``. The threshold for target s is the highest one
+whose development sensitivity is at least s: the ceil(s x n_pos)-th largest score of a positive.
+"""
+import math
+
+import numpy as np
+
+from ..errors import PipelineError
+from . import inputs
+from .jsonio import in_folder, number, read_json, write_json
+
+FORMAT, FORMAT_VERSION = "rsna-pe-operating-points", 1
+FILE = "operating_points.json"
+RULE = "positive when p >= threshold"
+DEFAULT_TARGETS = (0.90, 0.95)
+
+
+def threshold_for_sensitivity(y, p, target):
+    """The highest threshold t with sensitivity(p >= t) >= target on (y, p)."""
+    pos = np.sort(np.asarray(p, dtype=np.float64)[np.asarray(y) == 1])[::-1]
+    if not len(pos):
+        raise ValueError("no positive case to set a sensitivity on")
+    k = max(1, math.ceil(target * len(pos) - 1e-9))  # the tolerance absorbs 0.9 * 10 = 9.000000000000002
+    return float(pos[k - 1])
+
+
+def choose(y, p, targets=DEFAULT_TARGETS):
+    """{label: [point]} for every column of the truth frame ``y`` with both classes;
+    each point: target_sensitivity, threshold, and what it gives on the development data."""
+    out = {}
+    for label in y.columns:
+        keep = y[label].notna() & p[label].notna()
+        yy, pp = y[label][keep].to_numpy(), p[label][keep].to_numpy()
+        if len(np.unique(yy)) < 2:
+            continue
+        points = []
+        for t in targets:
+            thr = threshold_for_sensitivity(yy, pp, t)
+            call = pp >= thr
+            points.append({"target_sensitivity": float(t), "threshold": thr,
+                           "dev_sensitivity": float(call[yy == 1].mean()),
+                           "dev_specificity": float((~call[yy == 0]).mean()),
+                           "dev_n": int(len(yy)), "dev_n_pos": int(yy.sum())})
+        out[label] = points
+    return out
+
+
+def from_oof(oof_paths, labels_path, targets=DEFAULT_TARGETS):
+    """The operating-points document of the development cross-validation: the out-of-fold files
+    averaged per id over the files that hold it and post-processed (as inference treats its
+    ensemble), scored against the labels (train.csv layout, or any labels csv)."""
+    for t in targets:
+        number(t, "target sensitivity", 0.0, 1.0)
+    labels = inputs.read_labels(labels_path)
+    frames = [inputs.read_submission_frame(p) for p in oof_paths]
+    preds = inputs.from_submission(inputs.mean_per_id(frames), labels.sop_study, "out-of-fold files")
+    matched = inputs.match(labels, inputs.postprocessed(preds))
+    points = choose(matched.y, matched.p, targets)
+    if not points:
+        raise PipelineError(f"{labels_path}: no label has both classes among the out-of-fold studies")
+    source = {"oof_files": [str(p) for p in oof_paths], "labels": str(labels_path),
+              "n_studies": len(matched.studies), "ensemble": "mean per id over the files, post-processed"}
+    return {"format": FORMAT, "format_version": FORMAT_VERSION, "rule": RULE, "source": source,
+            "labels": points}
+
+
+def write(doc, file_or_dir):
+    """Write the document to ``file_or_dir`` (a folder gets ``operating_points.json``)."""
+    path = in_folder(file_or_dir, FILE)
+    validate(doc, path)
+    write_json(path, doc)
+    return path
+
+
+def read(file_or_dir):
+    """The checked document of ``file_or_dir`` (a file, or a folder holding operating_points.json)."""
+    path = in_folder(file_or_dir, FILE)
+    return validate(read_json(path, FORMAT, FORMAT_VERSION), path)
+
+
+def validate(doc, path):
+    """``doc`` if it is a well-formed operating-points document, else a one-line error."""
+    if doc.get("rule") != RULE:
+        raise PipelineError(f"{path}: rule must be '{RULE}'")
+    labels = doc.get("labels")
+    if not isinstance(labels, dict) or not labels:
+        raise PipelineError(f"{path}: 'labels' must be a non-empty object")
+    for label, points in labels.items():
+        if label not in inputs.STUDY_LABELS:
+            raise PipelineError(f"{path}: unknown label '{label}' (known: {', '.join(inputs.STUDY_LABELS)})")
+        if not isinstance(points, list) or not points:
+            raise PipelineError(f"{path}: {label} must hold a non-empty list of points")
+        for i, pt in enumerate(points):
+            where = f"{path}: {label}[{i}]"
+            if not isinstance(pt, dict):
+                raise PipelineError(f"{where}: not an object")
+            number(pt.get("target_sensitivity"), f"{where}.target_sensitivity", 0.0, 1.0)
+            number(pt.get("threshold"), f"{where}.threshold", 0.0, 1.0)
+    return doc
+
+
+def points_for(doc, label):
+    """The points of ``label`` in a document (none when the document or the label is absent)."""
+    if doc is None:
+        return []
+    return [{k: pt[k] for k in ("target_sensitivity", "threshold", "dev_sensitivity", "dev_specificity")
+             if k in pt} for pt in doc["labels"].get(label, [])]
