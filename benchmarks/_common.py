@@ -14,8 +14,8 @@ from rsna_pe import paths, provenance  # noqa: E402
 from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
 from rsna_pe.images import conversion_params  # noqa: E402
 from rsna_pe.labels import LABELS  # noqa: E402
-from rsna_pe.runs import decisive_config, output_labels  # noqa: E402
-from rsna_pe.tasks import build_model  # noqa: E402
+from rsna_pe.networks import build_network, output_labels  # noqa: E402
+from rsna_pe.run_records import decisive_config  # noqa: E402
 
 
 def add_model_args(p):
@@ -56,11 +56,11 @@ def fake_runs(out, size, variants=("rexnet200_bce", "rexnet200_focal"), folds=(0
             torch.manual_seed(k)
             cfg = load_config(CONFIG_DIR / "train_cnn" / f"{v}.yml", [
                 f"dataset.fold={k}", f"jpeg_size={size}", f"dataset.size={size}", "model.pretrained=false"])
-            cnn = _save(build_model(cfg), cfg, paths.run_dir(cnn_out, v, k), jpegs=conversion_params(size, 95))
+            cnn = _save(build_network(cfg), cfg, paths.run_dir(cnn_out, v, k), jpegs=conversion_params(size, 95))
             if rnn:
                 rcfg = load_config(CONFIG_DIR / "train_rnn" / f"{v}.yml", [f"dataset.fold={k}"])
                 run = paths.run_dir(rnn_out, v, k)
-                _save(build_model(rcfg), rcfg, run, dump={"checkpoint_sha256": provenance.file_sha256(cnn)})
+                _save(build_network(rcfg), rcfg, run, dump={"checkpoint_sha256": provenance.file_sha256(cnn)})
                 (run / "prior.json").write_text(json.dumps({name: 0.1 for name in LABELS}))
     return cnn_out, rnn_out
 

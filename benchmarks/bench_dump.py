@@ -28,7 +28,7 @@ from _common import CONFIG_DIR, add_model_args, fake_runs, paths, sync
 from ceiling import forward_rate, report
 
 import dump_embeddings  # noqa: E402  (src/ is on the path via _common)
-from rsna_pe.checkpoint import load_model  # noqa: E402
+from rsna_pe.checkpoint import load_trained  # noqa: E402
 from rsna_pe import provenance  # noqa: E402
 from rsna_pe.runtime import pick_device  # noqa: E402
 from rsna_pe.images import NPZ_FORMAT, jpeg_params, read_npz_images  # noqa: E402
@@ -60,7 +60,7 @@ def write_npz(root, size, n_series, n_slices):
 
 @torch.inference_mode()
 def original(files, ckpt, device, chunk, out):
-    model, _ = load_model(ckpt, device=device)
+    model, _ = load_trained(ckpt, device=device)
     for f in files:
         with np.load(f) as z:
             imgs, labels, sop = read_npz_images(z, f), z["labels"], z["sop"]

@@ -28,7 +28,7 @@ from _common import add_model_args, fake_pairs, fake_test_set, sync
 from ceiling import forward_rate, report
 
 from inference import predict_all  # noqa: E402
-from rsna_pe.checkpoint import load_model  # noqa: E402
+from rsna_pe.checkpoint import load_trained  # noqa: E402
 from rsna_pe.dicom import read_series_images  # noqa: E402
 from rsna_pe.runtime import pick_device  # noqa: E402
 from rsna_pe.metric import postprocess  # noqa: E402
@@ -37,7 +37,7 @@ from rsna_pe.ensemble import Ensemble  # noqa: E402
 
 @torch.inference_mode()
 def original(pairs, studies, dirs, size, device, chunk):
-    models = [(load_model(c, device)[0], load_model(r, device)[0]) for c, r in pairs]
+    models = [(load_trained(c, device)[0], load_trained(r, device)[0]) for c, r in pairs]
     for s in studies:
         _, images = read_series_images(dirs[s], [size])
         exams, imgs = [], []

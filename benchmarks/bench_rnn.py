@@ -18,7 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import sync  # noqa: E402
-from rsna_pe.rnn import RNNHead, rnn_loss  # noqa: E402
+from rsna_pe.head import RNNHead  # noqa: E402
+from rsna_pe.losses import head_bce_loss  # noqa: E402
 
 
 class PaddedHead(RNNHead):
@@ -35,7 +36,7 @@ def time_step(model, emb, lengths, img_y, exam_y, device):
     model.zero_grad(set_to_none=True)
     sync(device)
     t = time.perf_counter()
-    rnn_loss(*model(emb, lengths), img_y, exam_y, lengths).backward()
+    head_bce_loss(*model(emb, lengths), img_y, exam_y, lengths).backward()
     sync(device)
     return time.perf_counter() - t
 

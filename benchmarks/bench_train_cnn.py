@@ -34,10 +34,11 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-from rsna_pe.cnn import SliceDataset, build_cnn, build_train_transform, load_slice  # noqa: E402
+from rsna_pe.cnn import build_cnn  # noqa: E402
 from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
 from rsna_pe.loaders import worker_init  # noqa: E402
 from rsna_pe.runtime import resolve_compile  # noqa: E402
+from rsna_pe.slice_data import SliceDataset, build_train_transform, load_slice  # noqa: E402
 
 
 # ----------------------------------------------------------------------------- (a) steps

@@ -20,13 +20,14 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, paths, provenance, runs, runtime
-from rsna_pe.checkpoint import find_checkpoint, load
+from rsna_pe import cli, paths, provenance, runtime
+from rsna_pe.checkpoint import find_checkpoint, load_trained
 from rsna_pe.config import save_config
 from rsna_pe.embed import Embedder
-from rsna_pe.errors import PipelineError
+from rsna_pe.errors import InputFileError, PipelineError
 from rsna_pe.images import read_npz_images
-from rsna_pe.io import atomic_savez, read_csv
+from rsna_pe.inference_records import dump_record
+from rsna_pe.io import atomic_savez, has_outputs, read_csv
 from rsna_pe.model_input import input_kind, model_input
 
 log = logging.getLogger("dump_embeddings")
@@ -68,8 +69,8 @@ def main(argv=None):
 
 def _guard(cfg, ckpt_path, ckpt, src_root, out):
     """The rerun rule (rank 0): a dump made from another checkpoint or npz set stops."""
-    record = runs.dump_record(ckpt_path, ckpt, src_root, out)
-    keep = provenance.guard(out, record, runs.has_outputs(out), cfg["overwrite"], "embedding dump")
+    record = dump_record(ckpt_path, ckpt, src_root, out)
+    keep = provenance.guard(out, record, has_outputs(out), cfg["overwrite"], "embedding dump")
     if not keep or not (out / "config.yaml").is_file():
         save_config({**cfg, "checkpoint": str(ckpt_path)}, out / "config.yaml")
 
@@ -78,7 +79,7 @@ def _dump(cfg, run, fold, ckpt, d):
     rank, world, device = d.rank, d.world, d.device
     if device.type == "cpu":
         runtime.set_cpu_threads(cfg["num_workers"], world)
-    model, saved = load(ckpt, device="cpu")
+    model, saved = load_trained(ckpt, device="cpu")
     size, kind = saved["config"]["dataset"]["size"], input_kind(saved["config"])
 
     data = Path(cfg["data_dir"])
@@ -88,8 +89,8 @@ def _dump(cfg, run, fold, ckpt, d):
     keys = sorted(set(map(tuple, df[key].values)))
     missing = [paths.series_file(src_root, *k) for k in keys if not paths.series_file(src_root, *k).is_file()]
     if missing:
-        raise PipelineError(f"{missing[0]}: npz not found ({len(missing)} missing; run make_npz.py)")
-    runs.on_main(d, lambda: _guard(cfg, ckpt, saved, src_root, out))
+        raise InputFileError(missing[0], f"npz not found ({len(missing)} missing; run make_npz.py)")
+    runtime.on_main(d, lambda: _guard(cfg, ckpt, saved, src_root, out))
     todo = [k for k in keys[rank::world] if not paths.series_file(out, *k).is_file()]
     n_slices = int(df.groupby(["StudyInstanceUID", "SeriesInstanceUID"]).size().reindex(todo).sum())
     compile_ = runtime.resolve_compile(cfg["compile"], device.type, n_slices, cfg["compile_min_slices"])

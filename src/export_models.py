@@ -11,7 +11,7 @@ run the same ensemble from the bundle alone.
 from pathlib import Path
 
 from rsna_pe import bundle, cli
-from rsna_pe.ensemble import resolve_pairs
+from rsna_pe.pairs import resolve_pairs
 
 
 def main(argv=None):

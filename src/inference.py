@@ -23,14 +23,14 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, ids, paths, provenance, runs, runtime
-from rsna_pe.bundle import load_ensemble
+from rsna_pe import cli, ids, paths, provenance, runtime
 from rsna_pe.config import save_config
+from rsna_pe.ensemble import StudyReader, load_ensemble
 from rsna_pe.errors import PipelineError
-from rsna_pe.io import atomic_to_csv, read_csv
+from rsna_pe.inference_records import submission_record
+from rsna_pe.io import atomic_to_csv, has_outputs, read_csv
 from rsna_pe.labels import ID_COLUMNS, study_series
 from rsna_pe.metric import to_submission, validate_submission
-from rsna_pe.ensemble import StudyReader
 
 log = logging.getLogger("inference")
 
@@ -119,8 +119,8 @@ def _set_aside(out):
 
 def _up_to_date(cfg, sources, ids_csv, out):
     """The rerun rule (rank 0): True when a submission of this very record exists."""
-    record = runs.submission_record(cfg, sources, ids_csv)
-    keep = provenance.guard(out, record, runs.has_outputs(out, OUTPUTS), cfg["overwrite"], "submission",
+    record = submission_record(cfg, sources, ids_csv)
+    keep = provenance.guard(out, record, has_outputs(out, OUTPUTS), cfg["overwrite"], "submission",
                             clear=lambda: _set_aside(out))
     return keep and (out / "submission.csv").is_file()
 
@@ -156,7 +156,7 @@ def _infer(cfg, d):
     n_slices = sum(len(expected[s]) for s in mine)
     compile_ = runtime.resolve_compile(cfg["compile"], d.device.type, n_slices, cfg["compile_min_slices"])
     ens = load_ensemble(cfg, d.device, compile=compile_)
-    if runs.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out)):
+    if runtime.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out)):
         log.info("%s is up to date", out / "submission.csv")
         return 0
     log.info("%d studies, %d images, %d model pairs on %s%s", len(expected), len(df), len(ens.members), d.device,

@@ -22,15 +22,15 @@ from pathlib import Path
 import numpy as np
 
 from rsna_pe import cli
-from rsna_pe.bundle import load_ensemble
 from rsna_pe.cam import ensemble_cam, pick_slices
 from rsna_pe.dicom import hex_uids_accepted, read_dataset, series_files, study_series_uids
-from rsna_pe.runtime import pick_device
+from rsna_pe.ensemble import load_ensemble
 from rsna_pe.errors import PipelineError
 from rsna_pe.ids import is_safe
 from rsna_pe.io import atomic_write_json
 from rsna_pe.labels import EXAM_LABELS
 from rsna_pe.report import draw_report
+from rsna_pe.runtime import pick_device
 from rsna_pe.viewer import PREVIEW_SIZE, viewer_data, write_index, write_viewer
 
 log = logging.getLogger("predict_study")

@@ -90,7 +90,7 @@ def test_tampered_file_is_refused_naming_it(exported, tmp_path, name):
     data[len(data) // 2] ^= 1
     (b / name).write_bytes(bytes(data))
     with pytest.raises(PipelineError, match=rf"{name}: sha256 does not match") as e:
-        bundle.load(b)
+        bundle.load_bundle(b)
     assert "\n" not in str(e.value)
 
 
@@ -99,16 +99,16 @@ def test_format_version_missing_and_unlisted_files_are_refused(exported, tmp_pat
     manifest = json.loads((b / "manifest.json").read_text())
     (b / "manifest.json").write_text(json.dumps({**manifest, "format_version": 99}))
     with pytest.raises(PipelineError, match="manifest.json: bundle format version 99"):
-        bundle.load(b)
+        bundle.load_bundle(b)
     (b / "manifest.json").write_text(json.dumps(manifest))
     (b / "prior.json").unlink()
     with pytest.raises(PipelineError, match="prior.json: listed .* but missing"):
-        bundle.load(b)
+        bundle.load_bundle(b)
     shutil.copy(exported / "prior.json", b / "prior.json")
     evil = {**manifest, "files": {**manifest["files"], "../outside.json": "0" * 64}}
     (b / "manifest.json").write_text(json.dumps(evil))
     with pytest.raises(PipelineError, match="'../outside.json' is not a plain file name"):
-        bundle.load(b)
+        bundle.load_bundle(b)
 
 
 def test_export_refuses_a_non_empty_folder(trained_ws, exported, monkeypatch):

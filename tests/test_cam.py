@@ -4,7 +4,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from rsna_pe.cam import CamNet, cnn_cam, grad_cam, pick_slices, scale01
+from rsna_pe.cam import cnn_cam, grad_cam, pick_slices, scale01
 from rsna_pe.cnn import build_cnn
 
 
@@ -67,10 +67,18 @@ def cnn():
     return build_cnn({"backbone": "rexnet_200", "pretrained": False}).eval()
 
 
-def test_camnet_is_the_cnns_own_logit(cnn):
-    x = torch.randint(0, 256, (3, 3, 32, 32), dtype=torch.uint8)
+def test_the_cnns_feature_map_is_the_backbones_in_its_own_forward(cnn):
+    """cnn_cam hooks ``feature_map`` in the CNN's own forward: it must see the backbone's feature
+    map, and carry no weights (checkpoints keep their keys)."""
+    x = torch.randint(0, 256, (3, 3, 64, 64), dtype=torch.uint8)
+    seen = []
+    hook = cnn.feature_map.register_forward_hook(lambda m, i, o: seen.append(o.detach().clone()))
     with torch.no_grad():
-        np.testing.assert_allclose(CamNet(cnn)(x)[:, 0].numpy(), cnn(x).numpy(), rtol=1e-5, atol=1e-6)
+        cnn(x)
+        want = cnn.backbone.forward_features((x.float() - cnn.mean) / cnn.std)
+    hook.remove()
+    assert len(seen) == 1 and torch.equal(seen[0], want)
+    assert not any(k.startswith("feature_map") for k in cnn.state_dict())
 
 
 def test_cnn_cam_shapes_range_and_batching(cnn):

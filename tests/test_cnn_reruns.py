@@ -68,7 +68,7 @@ def test_stale_inputs_stop_a_run_until_overwrite(data, tmp_path):
         "train.epochs": 1, "train.max_steps_per_epoch": 1, "train.val_per_epoch": 1})]
     run_main(argv)
     run = paths.run_dir(tmp_path / "out", "rexnet200_bce", 0)
-    first = provenance.load(run)
+    first = provenance.read_record(run)
     write_records(tmp_path / "data", quality=90)
     with pytest.raises(PipelineError, match=r"training run .*input_params\.jpegs\.quality: 95 -> 90.*overwrite=true"):
         train_rsna.main(argv)
@@ -77,4 +77,4 @@ def test_stale_inputs_stop_a_run_until_overwrite(data, tmp_path):
     assert not (run / "stale.txt").exists() and list(pd.read_csv(run / "metrics.csv")["step"]) == [1]
     rec = torch.load(run / "last.ckpt", weights_only=True)["record"]
     assert rec["params"]["input_params"]["jpegs"]["quality"] == 90
-    assert provenance.digest(provenance.load(run)) == provenance.digest(rec) != provenance.digest(first)
+    assert provenance.digest(provenance.read_record(run)) == provenance.digest(rec) != provenance.digest(first)

@@ -9,7 +9,7 @@ import pytest
 from sklearn.model_selection import StratifiedKFold
 
 from rsna_pe.config import load_config
-from rsna_pe.errors import PipelineError
+from rsna_pe.errors import ConfigError, DicomReadError, InputFileError, PipelineError
 from rsna_pe.folds import assign_folds, val_fold_ids
 from rsna_pe.images import jpeg_params, read_jpeg
 from rsna_pe.labels import EXAM_LABELS, LABELS
@@ -70,6 +70,26 @@ def test_config_override_errors(tmp_path, override, msg):
     f = _write(tmp_path / "c.yml", "a: 1\nb: {c: 0.5, e: true}\n")
     with pytest.raises(PipelineError, match=msg):
         load_config(f, [override])
+
+
+def test_error_types_name_what_is_at_fault(tmp_path):
+    """Config, DICOM and other file faults each have their type; all are PipelineErrors (what
+    a stage reports in one line), their messages unchanged."""
+    for cls in (ConfigError, DicomReadError, InputFileError):
+        assert issubclass(cls, PipelineError)
+    with pytest.raises(ConfigError, match="unknown config key 'zz'"):
+        load_config(_write(tmp_path / "c.yml", "a: 1\n"), ["zz=1"])
+    with pytest.raises(InputFileError, match="missing or unreadable JPEG") as e:
+        read_jpeg(tmp_path / "none.jpg")
+    assert (e.value.path, e.value.reason) == (str(tmp_path / "none.jpg"), "missing or unreadable JPEG")
+    assert str(DicomReadError("a.dcm", "no pixel data")) == "a.dcm: no pixel data"
+
+
+def test_core_modules_import_no_data_module():
+    """ids and paths (the core) import nothing from the data layer (the DICOM reader)."""
+    code = "import sys, rsna_pe.paths, rsna_pe.ids; print(*sorted(m for m in sys.modules if m.startswith('rsna_pe.')))"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="src", check=True)
+    assert r.stdout.split() == ["rsna_pe.errors", "rsna_pe.ids", "rsna_pe.paths"]
 
 
 def test_unknown_key_exits_with_one_line(tmp_path):

@@ -15,7 +15,7 @@ import dump_embeddings
 import predict_study
 from inference import predict_all
 from rsna_pe import paths
-from rsna_pe.checkpoint import find_checkpoint, load_model
+from rsna_pe.checkpoint import find_checkpoint, load_trained
 from rsna_pe.embed import GROUP_CHUNKS
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import jpeg_name, read_jpeg, read_npz_images
@@ -44,7 +44,7 @@ def test_npz_contents_order_and_labels(ws):
 
 def test_embeddings_equal_direct_features_and_rerun_skips(ws):
     ckpt = find_checkpoint("output/train_cnn", "rexnet200_bce", 0)
-    model, _ = load_model(ckpt)
+    model, _ = load_trained(ckpt)
     out = paths.dump_dir("dump/v1", "rexnet200_bce", 0)
     files = sorted(out.rglob("*.npz"))
     assert len(files) == 24

@@ -7,8 +7,9 @@ import torch
 from rsna_pe import exam_targets, paths, provenance
 from rsna_pe.config import load_config
 from rsna_pe.errors import PipelineError
-from rsna_pe.heads import LogitPool
-from rsna_pe.rnn import RNNTask, build_rnn
+from rsna_pe.head import build_head
+from rsna_pe.head_options import LogitPool
+from rsna_pe.head_task import HeadTask
 from test_rnn import DIM, REPO, make_dump, one_thread, tiny_overrides  # noqa: F401
 
 HEAD = {"input_dim": DIM, "hidden": 6, "layers": 3, "dropout": 0.5,
@@ -35,8 +36,8 @@ def test_logit_pool_is_max_mean_and_pe_weighted_mean_over_real_slices():
 @pytest.mark.parametrize("head", ["lstm", "transformer"])
 def test_a_new_pool_leaves_the_head_as_it_was(head):
     torch.manual_seed(0)
-    plain = build_rnn({**HEAD, "head": head}).double().eval()
-    pooled = build_rnn({**HEAD, "head": head, "cnn_logits": 3}).double().eval()
+    plain = build_head({**HEAD, "head": head}).double().eval()
+    pooled = build_head({**HEAD, "head": head, "cnn_logits": 3}).double().eval()
     missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
     assert sorted(missing) == ["logit_pool.linear.bias", "logit_pool.linear.weight"] and not unexpected
     emb = torch.randn(2, 5, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -47,7 +48,7 @@ def test_a_new_pool_leaves_the_head_as_it_was(head):
 
 def test_bad_cnn_logits_is_a_one_line_error():
     with pytest.raises(PipelineError, match="model.cnn_logits 8"):
-        build_rnn({**HEAD, "cnn_logits": DIM})
+        build_head({**HEAD, "cnn_logits": DIM})
 
 
 @pytest.mark.parametrize("root", ["configs", "configs/demo"])
@@ -59,19 +60,19 @@ def test_the_variant_config(root):
     m = cfg["model"]
     assert cfg["dataset"]["cnn_run"] == "rexnet200_combined" and m["cnn_logits"] == n_logits
     assert m["input_dim"] == 2560 + n_logits and cfg["loss"]["name"] == "metric"
-    assert build_rnn(m).logit_pool.n == n_logits
-    RNNTask(cfg)
+    assert build_head(m).logit_pool.n == n_logits
+    HeadTask(cfg)
 
 
 def test_a_pooling_head_refuses_a_dump_without_that_many_logits(tmp_path):
     csv = make_dump(tmp_path)  # plain features: its record names no logits
     pooled = tmp_path / "pooled.yml"
     pooled.write_text(f"base: {REPO / 'configs/train_rnn/_base.yml'}\nmodel:\n  cnn_logits: 3\n")
-    task = RNNTask(load_config(pooled, tiny_overrides(tmp_path, csv)))
+    task = HeadTask(load_config(pooled, tiny_overrides(tmp_path, csv)))
     record = provenance.record_path(paths.dump_dir(tmp_path / "dump", "cnn_a", 0))
     with pytest.raises(PipelineError, match=f"{record}: the embeddings end with 0 CNN logits"):
         task.datasets()
-    rec = provenance.load(record)
+    rec = provenance.read_record(record)
     rec["params"]["logits"] = ["pe_present_on_image", "central_pe", "leftsided_pe"]
     provenance.write(record.parent, rec)
     assert len(task.datasets()) == 2  # three logits named: accepted

@@ -14,12 +14,15 @@ import evaluate
 import train_rsna
 from cnn_data import SIZE, overrides, run_main, write_data
 from rsna_pe import exam_targets, metric, paths
-from rsna_pe.checkpoint import load
-from rsna_pe.cnn import CNNTask, SliceDataset, build_cnn
+from rsna_pe.checkpoint import load_trained
+from rsna_pe.cnn import build_cnn
+from rsna_pe.cnn_task import CNNTask
 from rsna_pe.config import load_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, TRAIN_COLUMNS
-from rsna_pe.runs import decisive_config
+from rsna_pe.networks import output_labels
+from rsna_pe.run_records import decisive_config
+from rsna_pe.slice_data import SliceDataset, build_train_transform
 from workspace import CNN_FAST, DEMO, DUMP_ARGS, RNN_FAST, infer
 
 CNN_CFG = DEMO / "train_cnn" / "rexnet200_examlabels.yml"
@@ -72,7 +75,6 @@ def test_labels_in_exam_order_and_errors():
 
 def test_flip_swaps_left_and_right_targets(tmp_path):
     import cv2
-    from rsna_pe.cnn import build_train_transform
 
     img = np.zeros((SIZE, SIZE, 3), np.uint8)
     img[:, : SIZE // 4] = 200  # bright on the image's left: flipped, it is on the right
@@ -129,18 +131,18 @@ def test_embedding_ends_with_the_logits_only_when_asked():
 
 def test_output_labels_and_the_recorded_config():
     cfg = load_config(CNN_CFG)
-    assert CNNTask.output_labels(cfg) == [IMAGE_LABEL, "chronic_pe", "acute_and_chronic_pe", "central_pe",
+    assert output_labels(cfg) == [IMAGE_LABEL, "chronic_pe", "acute_and_chronic_pe", "central_pe",
                                           "leftsided_pe", "rightsided_pe", "rv_lv_ratio_gte_1",
                                           "rv_lv_ratio_lt_1"]
     recipe = load_config(DEMO / "train_cnn" / "rexnet200_bce.yml")
-    assert CNNTask.output_labels(recipe) == [IMAGE_LABEL]
+    assert output_labels(recipe) == [IMAGE_LABEL]
     # off, the option is not recorded: runs made before it keep their record
     assert "exam_targets" not in decisive_config(recipe)["model"]
 
 
 def test_a_few_steps_lower_both_losses():
     torch.manual_seed(0)
-    cfg = {"loss": {"name": "bce"}, "train": {"channels_last": True}, "model": tiny_model()}
+    cfg = {"network": "cnn", "loss": {"name": "bce"}, "train": {"channels_last": True}, "model": tiny_model()}
     task = CNNTask(cfg)
     model = task.build_model().train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -185,7 +187,7 @@ def test_training_run_logs_the_extra_aucs(data, tmp_path):
     run = paths.run_dir(tmp_path, "rexnet200_examlabels", 0)
     rows = pd.read_csv(run / "metrics.csv")
     assert {"val_image_loss", "val_exam_loss", "val_auc_leftsided_pe"} <= set(rows.columns)
-    model, ckpt = load(run / "best.ckpt")  # the label-order check accepts it
+    model, ckpt = load_trained(run / "best.ckpt")  # the label-order check accepts it
     assert ckpt["record"]["params"]["labels"][0] == IMAGE_LABEL and len(ckpt["record"]["params"]["labels"]) == 8
 
 
@@ -212,7 +214,7 @@ def test_dump_head_and_inference_take_the_cnn(workspace, tmp_path, monkeypatch):
     pooled = tmp_path / "examlabels_pool.yml"
     pooled.write_text(f"base: {DEMO / 'train_rnn' / 'rexnet200_examlabels.yml'}\nmodel:\n  cnn_logits: 8\n")
     train_rsna.main(["-c", str(pooled), *RNN_FAST])
-    head, _ = load(paths.run_dir(trained_ws / "output" / "train_rnn", "examlabels_pool", 0) / "best.ckpt")
+    head, _ = load_trained(paths.run_dir(trained_ws / "output" / "train_rnn", "examlabels_pool", 0) / "best.ckpt")
     assert head.logit_pool.n == 8 and head.logit_pool.linear.weight.abs().sum() > 0  # trained from 0
     assert infer("models=[{cnn: rexnet200_examlabels, rnn: examlabels_pool}]",
                  "output_dir=output/inference/examlabels_pool") == 0

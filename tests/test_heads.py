@@ -9,10 +9,14 @@ import torch
 
 from rsna_pe import metric, paths
 from rsna_pe.config import load_config
-from rsna_pe.heads import TransformerHead, metric_loss, neighbour_diff
-from rsna_pe.labels import EXAM_LABELS, EXAM_WEIGHTS, IMAGE_WEIGHT
-from rsna_pe.rnn import RNNHead, RNNTask, build_rnn, rnn_loss
-from rsna_pe.runs import weights_digest
+from rsna_pe.errors import ConfigError
+from rsna_pe.head import RNNHead, build_head
+from rsna_pe.head_options import TransformerHead, neighbour_diff
+from rsna_pe.head_task import HeadTask
+from rsna_pe.labels import EXAM_LABELS, EXAM_WEIGHTS, IMAGE_WEIGHT, LABELS
+from rsna_pe.losses import head_bce_loss, metric_loss
+from rsna_pe.networks import build_network, output_labels, without_pretrained
+from rsna_pe.runtime import weights_digest
 from test_rnn import DIM, REPO, expected_oof_ids, make_dump, one_thread, tiny_overrides  # noqa: F401
 
 VARIANTS = {"bce_gru": ("gru", "bce"), "bce_transformer": ("transformer", "bce"),
@@ -29,7 +33,7 @@ def logit(p):
 def test_default_head_keeps_its_weights_and_outputs_for_a_seed():
     # Recorded before the head options existed: same seed, same parameters, same outputs.
     torch.manual_seed(0)
-    model = build_rnn({"input_dim": DIM, "hidden": 6, "layers": 3, "dropout": 0.5, "impl": "auto"})
+    model = build_head({"input_dim": DIM, "hidden": 6, "layers": 3, "dropout": 0.5, "impl": "auto"})
     model = model.double().eval()
     assert isinstance(model, RNNHead) and weights_digest(model.state_dict().items()) == "f347b6a3358fdc8c"
     emb = torch.randn(2, 5, DIM, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
@@ -139,15 +143,24 @@ def test_transformer_learned_positions_and_length_limit():
                                      ({"head": "transformer", "transformer": {"width": 6, "heads": 4}}, "width")])
 def test_bad_head_options_are_one_line_errors(cfg, msg):
     with pytest.raises(Exception, match=msg):
-        build_rnn({"input_dim": DIM, **cfg})
+        build_head({"input_dim": DIM, **cfg})
 
 
 def test_unknown_loss_is_an_error():
     with pytest.raises(Exception, match="bce or metric"):
-        RNNTask({"dataset": {"fold": 0, "k_fold": 3, "cnn_run": "x", "dump_root": "d"}, "loss": {"name": "focal"}})
+        HeadTask({"dataset": {"fold": 0, "k_fold": 3, "cnn_run": "x", "dump_root": "d"}, "loss": {"name": "focal"}})
 
 
 # ----------------------------------------------------------------------------- configs, engine
+
+def test_networks_build_and_label_what_a_config_names():
+    cfg = {"network": "rnn", "model": {"head": "transformer", "input_dim": DIM, "pretrained": True}}
+    assert isinstance(build_network(cfg), TransformerHead)
+    assert output_labels(cfg) == list(LABELS)  # exam logits, then the image logit
+    assert without_pretrained(cfg)["model"]["pretrained"] is False and cfg["model"]["pretrained"] is True
+    with pytest.raises(ConfigError, match=r"^unknown network 'lstm' in x.yml \(choose from cnn, rnn\)$"):
+        build_network({"network": "lstm", "config_file": "x.yml"})
+
 
 @pytest.mark.parametrize("root", ["configs", "configs/demo"])
 @pytest.mark.parametrize("variant", sorted(VARIANTS))
@@ -156,16 +169,16 @@ def test_variant_configs_load_and_build(root, variant):
     head, loss = VARIANTS[variant]
     assert cfg["run_name"] == f"rexnet200_{variant}" and cfg["dataset"]["cnn_run"] == "rexnet200_bce"
     assert cfg["loss"]["name"] == loss and cfg["model"].get("head", "lstm") == head
-    model = build_rnn(cfg["model"])
+    model = build_head(cfg["model"])
     assert isinstance(model, TransformerHead if head == "transformer" else RNNHead)
     if head != "transformer":
         assert isinstance(model.lstm2, torch.nn.GRU if head == "gru" else torch.nn.LSTM)
-    task = RNNTask(cfg)
-    assert task.loss_fn is (metric_loss if loss == "metric" else rnn_loss)
+    task = HeadTask(cfg)
+    assert task.loss_fn is (metric_loss if loss == "metric" else head_bce_loss)
 
 
 def test_engine_trains_a_transformer_on_the_metric_loss(tmp_path, monkeypatch):
-    from rsna_pe.checkpoint import load_model
+    from rsna_pe.checkpoint import load_trained
     from rsna_pe.trainer import train
     monkeypatch.setenv("WANDB_MODE", "disabled")
     csv = make_dump(tmp_path)
@@ -179,6 +192,7 @@ def test_engine_trains_a_transformer_on_the_metric_loss(tmp_path, monkeypatch):
     assert sorted(oof["id"]) == expected_oof_ids(csv)
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 2 and np.isfinite(metrics["score"]).all()
-    model, saved = load_model(run / "best.ckpt")
+    model, ckpt = load_trained(run / "best.ckpt")
+    saved = ckpt["config"]
     assert isinstance(model, TransformerHead) and model.neighbour_diff and model.proj.in_features == 3 * DIM
     assert saved["loss"]["name"] == "metric" and not math.isnan(metrics["val_loss"].iloc[-1])

@@ -37,15 +37,16 @@ from workspace import DEMO, ONE_PAIR
 from rsna_pe import bundle, cli, ids, paths
 from rsna_pe.checkpoint import state_dict
 from rsna_pe.config import CONFIG_DIR, load_config
-from rsna_pe.dicom import DicomReadError, SliceInfo, read_series_images, read_series_order, series_files
-from rsna_pe.ensemble import Ensemble, resolve_pairs
-from rsna_pe.errors import PipelineError
+from rsna_pe.dicom import SliceInfo, read_series_images, read_series_order, series_files
+from rsna_pe.ensemble import Ensemble
+from rsna_pe.errors import DicomReadError, PipelineError
 from rsna_pe.images import conversion_params, jpeg_name
 from rsna_pe.io import atomic_dir
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS, TRAIN_COLUMNS
 from rsna_pe.metric import postprocess, validate_submission
+from rsna_pe.networks import build_network
+from rsna_pe.pairs import resolve_pairs
 from rsna_pe.report import draw_report
-from rsna_pe.tasks import build_model
 from rsna_pe.viewer import TEMPLATE, render_index, render_viewer, viewer_data
 
 # -----------------------------------------------------------------------------
@@ -560,7 +561,7 @@ def _run(root, cfg, record):
     run = root / cfg["network"] / cfg["run_name"] / "fold_0"
     run.mkdir(parents=True)
     # A NaN metric (the AUC of a one-class validation set) must not make the bundle invalid JSON.
-    torch.save({"config": cfg, "model": state_dict(build_model(cfg)), "record": record, "epoch": 0,
+    torch.save({"config": cfg, "model": state_dict(build_network(cfg)), "record": record, "epoch": 0,
                 "step": 1, "metrics": {"val_loss": 0.5, "val_auc": float("nan")}}, run / "best.ckpt")
     (run / "prior.json").write_text(json.dumps({k: 0.25 for k in LABELS}))
     return run / "best.ckpt"
@@ -620,7 +621,7 @@ def _edit(b, name, change):
 
 def _refused(b, *words):
     with pytest.raises(PipelineError) as e:
-        bundle.load(b)
+        bundle.load_bundle(b)
     msg = str(e.value)
     assert "\n" not in msg and all(w in msg for w in words), msg
     return msg
@@ -639,7 +640,7 @@ def test_the_logged_and_recorded_hashes_are_of_the_bytes_loaded(b, monkeypatch, 
 
     monkeypatch.setattr(safetensors.torch, "load", swap_files_then_load)
     with caplog.at_level("INFO", logger="rsna_pe.bundle"):
-        members, prior, sources = bundle.load(b)
+        members, prior, sources = bundle.load_bundle(b)
     assert f"manifest sha256 {manifest_sha}" in caplog.text
     assert sources[0]["cnn"] == weights_sha and len(members) == 1 and prior == {k: 0.25 for k in LABELS}
 
@@ -665,7 +666,7 @@ def test_pretrained_settings_of_a_bundle_are_never_followed(b, no_network):
     def pretrained(entry):
         entry["config"]["model"].update(pretrained=True, pretrained_file="/nowhere/weights.pth")
     _edit(b, f"{CNN}.json", pretrained)
-    members, _, _ = bundle.load(b)
+    members, _, _ = bundle.load_bundle(b)
     assert len(members) == 1 and not no_network
 
 

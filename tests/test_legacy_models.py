@@ -9,7 +9,7 @@ import pytest
 import torch
 
 import predict_study
-from rsna_pe.checkpoint import load
+from rsna_pe.checkpoint import load_trained
 from rsna_pe.config import CONFIG_DIR
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
@@ -34,7 +34,7 @@ def test_legacy_bundle_predicts_as_before(tmp_path, one_thread):
 
 
 def test_legacy_checkpoint_loads_and_gives_the_same_logits(one_thread):
-    model, ckpt = load(LEGACY / "cnn.ckpt")
+    model, ckpt = load_trained(LEGACY / "cnn.ckpt")
     assert ckpt["config"]["model"]["backbone"] == "test_efficientnet"
     size = int(ckpt["config"]["dataset"]["size"])
     x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, size, size)).astype(np.float32))

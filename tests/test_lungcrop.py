@@ -123,9 +123,9 @@ def test_cropped_set_is_named_and_records_its_boxes(syn):
     assert paths.fold_csv(data, JPEG, crop="lung").is_file() and paths.npz_dir(data, JPEG, crop="lung").is_dir()
     assert paths.fold_csv(data, JPEG, crop="lung").parent.name == out.name == paths.npz_dir(data, JPEG, crop="lung").name
     # The record holds the crop's settings; the whole-slice set's record is as it always was.
-    assert provenance.load(out)["params"] == {"split": "train", **conversion_params(JPEG, 95, 0.05)}
-    assert provenance.load(out)["params"]["crop"] == crop_params(0.05)
-    assert provenance.load(paths.jpeg_dir(data, JPEG))["params"] == {"split": "train", **conversion_params(JPEG, 95)}
+    assert provenance.read_record(out)["params"] == {"split": "train", **conversion_params(JPEG, 95, 0.05)}
+    assert provenance.read_record(out)["params"]["crop"] == crop_params(0.05)
+    assert provenance.read_record(paths.jpeg_dir(data, JPEG))["params"] == {"split": "train", **conversion_params(JPEG, 95)}
     assert "crop" not in conversion_params(JPEG, 95)
     boxes = pd.read_csv(out / "boxes.csv", dtype={"StudyInstanceUID": str, "SeriesInstanceUID": str})
     train = [s for s in specs if s.split == "train"]
@@ -178,7 +178,7 @@ class _Features(torch.nn.Module):
 
 def _member(root, crop, size):
     """(model, checkpoint fields, head, where) of a CNN trained on the ``crop`` JPEG set."""
-    jpegs = provenance.load(paths.jpeg_dir(root / "data", JPEG, crop=crop))["params"]
+    jpegs = provenance.read_record(paths.jpeg_dir(root / "data", JPEG, crop=crop))["params"]
     ckpt = {"config": {"dataset": {"size": size}}, "record": {"params": {"input_params": {"jpegs": jpegs}}}}
     return _Features(), ckpt, torch.nn.Identity(), f"{crop}.ckpt"
 

@@ -19,17 +19,18 @@ import inference
 import predict_study
 import train_rsna
 from rsna_pe import paths
-from rsna_pe.checkpoint import find_checkpoint, load
-from rsna_pe.cnn import neighbour_rows
+from rsna_pe.checkpoint import find_checkpoint, load_trained
 from rsna_pe.embed import Embedder
 from rsna_pe.ensemble import Ensemble
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import list_series_jpegs, read_jpeg
 from rsna_pe.metric import validate_submission
 from rsna_pe.model_input import neighbour_stack, resize_slice
-from rsna_pe.provenance import load as load_record
-from rsna_pe.runs import decisive_config
-from rsna_pe.tasks import get_task, without_pretrained
+from rsna_pe.networks import without_pretrained
+from rsna_pe.provenance import read_record
+from rsna_pe.run_records import decisive_config
+from rsna_pe.slice_data import neighbour_rows
+from rsna_pe.task_registry import get_task
 from workspace import CNN_FAST, DEMO, DUMP_ARGS, RNN_FAST, SIZE
 
 RUN = "rexnet200_neighbours"
@@ -91,7 +92,7 @@ def test_training_dump_and_inference_inputs_are_the_g_channels_of_z_minus_1_z_z_
     monkeypatch.chdir(nb)
     jpegs = paths.jpeg_dir(nb / "data", SIZE)
     ckpt = find_checkpoint("output/train_cnn", RUN, 0)
-    model, saved = load(ckpt)
+    model, saved = load_trained(ckpt)
     assert saved["config"]["dataset"]["input"] == "neighbours"
 
     # Training: a batch of the run's own training set (its config, augmentation off).
@@ -133,7 +134,7 @@ def test_training_dump_and_inference_inputs_are_the_g_channels_of_z_minus_1_z_z_
 def test_smaller_input_resizes_the_same_stack_in_training_and_dump(nb, monkeypatch):
     """Below the JPEG size the stack is resized as one 3-channel image, in both stages."""
     monkeypatch.chdir(nb)
-    _, saved = load(find_checkpoint("output/train_cnn", RUN, 0))
+    _, saved = load_trained(find_checkpoint("output/train_cnn", RUN, 0))
     cfg = without_pretrained(saved["config"])
     cfg["dataset"]["size"], cfg["augment"]["enabled"] = 24, False
     _, val_ds = get_task(cfg).datasets()
@@ -149,15 +150,15 @@ def test_smaller_input_resizes_the_same_stack_in_training_and_dump(nb, monkeypat
 
 def test_neighbours_run_dump_head_and_inference_records(nb, monkeypatch):
     monkeypatch.chdir(nb)
-    cnn_rec = load_record(paths.run_dir("output/train_cnn", RUN, 0))
+    cnn_rec = read_record(paths.run_dir("output/train_cnn", RUN, 0))
     assert cnn_rec["params"]["config"]["dataset"]["input"] == "neighbours"
     # The recipe's record holds no input key: runs made before the option keep their record.
-    bce_rec = load_record(paths.run_dir("output/train_cnn", "rexnet200_bce", 0))
+    bce_rec = read_record(paths.run_dir("output/train_cnn", "rexnet200_bce", 0))
     assert "input" not in bce_rec["params"]["config"]["dataset"]
     assert "input" not in decisive_config({"dataset": {"input": "windows", "fold": 0}})["dataset"]
-    dump_rec = load_record(paths.dump_dir("dump/v1", RUN, 0))
+    dump_rec = read_record(paths.dump_dir("dump/v1", RUN, 0))
     assert dump_rec["params"]["input"] == "neighbours"
-    assert "input" not in load_record(paths.dump_dir("dump/v1", "rexnet200_bce", 0))["params"]
+    assert "input" not in read_record(paths.dump_dir("dump/v1", "rexnet200_bce", 0))["params"]
     emb = np.load(next(paths.dump_dir("dump/v1", RUN, 0).rglob("*.npz")))["embeddings"]
     assert emb.shape[1] == 2560 and np.isfinite(emb).all()
 

@@ -14,7 +14,7 @@ def test_npz_holds_the_jpeg_files_and_decodes_like_read_jpeg(reference):
     data = reference / "data"
     fold = pd.read_csv(paths.fold_csv(data, SIZE), dtype={"StudyInstanceUID": str, "SeriesInstanceUID": str,
                                                          "SOPInstanceUID": str})
-    digest = provenance.digest(provenance.load(paths.npz_dir(data, SIZE)))
+    digest = provenance.digest(provenance.read_record(paths.npz_dir(data, SIZE)))
     groups = list(fold.groupby(["StudyInstanceUID", "SeriesInstanceUID"]))
     assert groups
     for (study, series), g in groups:

@@ -12,7 +12,7 @@ import dump_embeddings
 import inference
 import train_rsna
 from rsna_pe import labels, paths, provenance
-from rsna_pe.checkpoint import find_checkpoint, load_model
+from rsna_pe.checkpoint import find_checkpoint, load_trained
 from rsna_pe.errors import PipelineError
 from rsna_pe.images import read_npz_images
 from rsna_pe.io import CRASH_ENV, CRASH_EXIT_CODE
@@ -48,15 +48,15 @@ def test_checkpoints_dumps_and_submissions_record_what_made_them(ws):
     assert cnn["params"]["labels"] == ["pe_present_on_image"] and set(cnn["inputs"]) == {"jpegs", "fold_csv"}
     assert cnn["params"]["input_params"]["jpegs"]["quality"] == 95
     assert {"torch", "timm", "pydicom", "numpy"} <= set(cnn["info"]["packages"]) and "git" in cnn["info"]
-    assert provenance.digest(provenance.load(_ckpt("cnn").parent)) == provenance.digest(cnn)
+    assert provenance.digest(provenance.read_record(_ckpt("cnn").parent)) == provenance.digest(cnn)
     head = torch.load(_ckpt("rnn"), weights_only=True)["record"]
     assert head["params"]["labels"] == list(LABELS) and set(head["inputs"]) == {"dump", "fold_csv"}
-    dump = provenance.load(paths.dump_dir("dump/v1", "rexnet200_bce", 0))
+    dump = provenance.read_record(paths.dump_dir("dump/v1", "rexnet200_bce", 0))
     assert dump["params"] == {"checkpoint_sha256": provenance.file_sha256(_ckpt("cnn")),
                               "input_size": SIZE, "labels": list(LABELS)}
     assert head["params"]["input_params"]["dump"] == dump["params"]
     infer()
-    sub = provenance.load("output/inference/rexnet200")
+    sub = provenance.read_record("output/inference/rexnet200")
     assert sub["params"]["pairs"] == [{"cnn": provenance.file_sha256(_ckpt("cnn")),
                                        "rnn": provenance.file_sha256(_ckpt("rnn"))}]
 
@@ -80,7 +80,7 @@ def test_replaced_checkpoint_stops_later_stages_until_overwrite(ws, tmp_path, mo
     dump_embeddings.main([*DUMP_BCE, "overwrite=true"])
     out = paths.dump_dir("dump/v1", "rexnet200_bce", 0)
     first = out / _npz_files(out)[0]
-    model, _ = load_model(run / "best.ckpt")
+    model, _ = load_trained(run / "best.ckpt")
     with np.load(first) as z, np.load(paths.npz_dir("data", SIZE) / first.relative_to(out)) as src, \
             torch.inference_mode():
         np.testing.assert_allclose(z["embeddings"], model.features(torch.from_numpy(read_npz_images(src, "npz"))),
@@ -132,15 +132,15 @@ def _swap(monkeypatch, a, b):
 
 def test_outputs_of_another_label_order_are_refused(ws, tmp_path, monkeypatch):
     _swap(monkeypatch, "central_pe", "leftsided_pe")
-    load_model(_ckpt("cnn"))  # its one output is still pe_present_on_image
+    load_trained(_ckpt("cnn"))  # its one output is still pe_present_on_image
     with pytest.raises(PipelineError, match="another label order .*'central_pe' at position 4 where this "
                                             "code has 'leftsided_pe'.*retrain"):
-        load_model(_ckpt("rnn"))
+        load_trained(_ckpt("rnn"))
     with pytest.raises(PipelineError, match=r"fold_0/record.json: made with another label order"):
         train_rsna.main([*RNN_BCE, f"output_dir={tmp_path}"])  # reads the dump's labels
     _swap(monkeypatch, "pe_present_on_image", "negative_exam_for_pe")
     with pytest.raises(PipelineError, match="another label order"):
-        load_model(_ckpt("cnn"))
+        load_trained(_ckpt("cnn"))
 
 
 def test_checkpoint_without_label_order_is_refused(ws, tmp_path):
@@ -148,7 +148,7 @@ def test_checkpoint_without_label_order_is_refused(ws, tmp_path):
     del ckpt["record"]
     torch.save(ckpt, tmp_path / "old.ckpt")
     with pytest.raises(PipelineError, match=r"old.ckpt: no recorded label order .*retrain it"):
-        load_model(tmp_path / "old.ckpt")
+        load_trained(tmp_path / "old.ckpt")
 
 
 # ----------------------------------------------------------------------------- kills, torchrun

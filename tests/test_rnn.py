@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from rsna_pe import paths, provenance
-from rsna_pe.errors import PipelineError
+from rsna_pe.errors import InputFileError, PipelineError
 from rsna_pe.io import atomic_savez
 from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
-from rsna_pe.rnn import RNNHead, RNNTask, build_rnn, collate, rnn_loss
+from rsna_pe.embedding_data import EmbeddingDataset, collate
+from rsna_pe.head import RNNHead, build_head
+from rsna_pe.head_task import HeadTask
+from rsna_pe.losses import head_bce_loss
 
 DIM = 8  # tiny embeddings: the head takes input_dim from the config
 
@@ -43,7 +46,7 @@ def test_series_alone_equals_series_in_padded_batch(dtype, tol, head, impl, diff
     torch.manual_seed(0)
     # "pool": the CNN-logit pooling, its zero init replaced
     pool = {"cnn_logits": 3} if diff == "pool" else {}
-    model = build_rnn({"head": head, "input_dim": DIM, "hidden": 6, "layers": 3, "impl": impl,
+    model = build_head({"head": head, "input_dim": DIM, "hidden": 6, "layers": 3, "impl": impl,
                        "neighbour_diff": diff is True, **pool,
                        "transformer": {"width": 8, "layers": 2, "heads": 2, "ff": 16},
                        }).to(dtype).eval()
@@ -76,7 +79,7 @@ def test_packed_and_layered_give_the_same_outputs_and_gradients():
     for impl in ("packed", "layered"):
         model = tiny_model(impl=impl).eval()  # eval: dropout masks cannot match across impls
         img, exam = model(emb, lengths)
-        rnn_loss(img, exam, img_y, exam_y, lengths).backward()
+        head_bce_loss(img, exam, img_y, exam_y, lengths).backward()
         results.append((img.detach(), exam.detach(), {k: p.grad for k, p in model.named_parameters()}))
     (img_p, exam_p, grad_p), (img_l, exam_l, grad_l) = results
     torch.testing.assert_close(img_l, img_p, atol=1e-12, rtol=0)
@@ -107,7 +110,7 @@ def test_loss_ignores_padded_slices():
     img_labels = (torch.rand(2, 5, generator=g) > 0.5).float()
     exam_logits = torch.randn(2, 9, generator=g)
     exam_labels = (torch.rand(2, 9, generator=g) > 0.5).float()
-    loss = rnn_loss(img_logits, exam_logits, img_labels, exam_labels, lengths)
+    loss = head_bce_loss(img_logits, exam_logits, img_labels, exam_labels, lengths)
     # Hand-written reference: BCE over the 8 real slices, BCE over 18 exam entries, averaged.
     real = torch.cat([img_logits[0, :3], img_logits[1, :5]])
     real_y = torch.cat([img_labels[0, :3], img_labels[1, :5]])
@@ -120,7 +123,7 @@ def test_loss_ignores_padded_slices():
     junk_logits = img_logits.detach().clone()
     junk_labels = img_labels.clone()
     junk_logits[0, 3:], junk_labels[0, 3:] = 50.0, 0.0
-    junk_loss = rnn_loss(junk_logits, exam_logits, junk_labels, exam_labels, lengths)
+    junk_loss = head_bce_loss(junk_logits, exam_logits, junk_labels, exam_labels, lengths)
     torch.testing.assert_close(junk_loss, loss.detach())
 
 
@@ -135,7 +138,7 @@ def test_a_few_optimiser_steps_lower_the_loss():
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
 
     def loss():
-        return rnn_loss(*model(emb, lengths), img_labels, exam_labels, lengths)
+        return head_bce_loss(*model(emb, lengths), img_labels, exam_labels, lengths)
 
     start = loss().item()
     for _ in range(30):
@@ -193,7 +196,7 @@ def task_cfg(root, csv, cnn_run="cnn_a", fold=0):
 
 def test_task_splits_series_by_fold_and_collates_to_batch_max(tmp_path):
     csv = make_dump(tmp_path)
-    train_ds, val_ds = RNNTask(task_cfg(tmp_path, csv)).datasets()
+    train_ds, val_ds = HeadTask(task_cfg(tmp_path, csv)).datasets()
     # Fold 0 validates on fold ids 0..4: studies 0 and 1 (fold ids 0 and 2).
     assert [s for s, _ in val_ds.series] == ["1.2.0", "1.2.1"]
     assert [s for s, _ in train_ds.series] == ["1.2.2", "1.2.3", "1.2.4", "1.2.5"]
@@ -209,7 +212,7 @@ def test_task_splits_series_by_fold_and_collates_to_batch_max(tmp_path):
 
 def test_label_prior_is_training_means(tmp_path):
     csv = make_dump(tmp_path)
-    prior = RNNTask(task_cfg(tmp_path, csv)).extra_state()["prior"]
+    prior = HeadTask(task_cfg(tmp_path, csv)).extra_state()["prior"]
     # Training studies 2..5 (lengths 3, 5, 7, 2): studies 3 and 5 positive.
     assert prior["negative_exam_for_pe"] == 0.5 and prior["central_pe"] == 0.5
     assert prior["chronic_pe"] == 0.0
@@ -222,7 +225,22 @@ def test_missing_dump_names_the_series(tmp_path):
     missing = paths.series_file(paths.dump_dir(tmp_path / "dump", "cnn_a", 0), "1.2.4", "1.3.4")
     missing.unlink()
     with pytest.raises(PipelineError, match="1.3.4"):
-        RNNTask(task_cfg(tmp_path, csv)).datasets()
+        HeadTask(task_cfg(tmp_path, csv)).datasets()
+
+
+def test_a_broken_embeddings_file_is_an_input_file_fault_naming_it(tmp_path):
+    make_dump(tmp_path)
+    dump = paths.dump_dir(tmp_path / "dump", "cnn_a", 0)
+    broken = paths.series_file(dump, "1.2.0", "1.3.0")
+    broken.write_bytes(b"not an npz")
+    ds = EmbeddingDataset(dump, [("1.2.0", "1.3.0")])
+    with pytest.raises(InputFileError, match="unreadable embeddings") as err:
+        ds[0]
+    assert str(err.value).startswith(f"{broken}: ") and err.value.path == str(broken)
+    atomic_savez(broken, embeddings=np.zeros((2, DIM), np.float32), labels=np.zeros((3, len(LABELS))),
+                 sop=np.array(["a", "b"]))
+    with pytest.raises(InputFileError, match=r"expected embeddings \(S, D\)"):
+        ds[0]
 
 
 def test_embedding_width_must_match_config(tmp_path):
@@ -230,7 +248,7 @@ def test_embedding_width_must_match_config(tmp_path):
     cfg = task_cfg(tmp_path, csv)
     cfg["model"]["input_dim"] = 2560
     with pytest.raises(PipelineError, match="input_dim"):
-        RNNTask(cfg).datasets()
+        HeadTask(cfg).datasets()
 
 
 # ----------------------------------------------------------------------------- scores, oof
@@ -245,7 +263,7 @@ def expected_oof_ids(csv, fold=0):
 
 def test_finish_writes_oof_of_exactly_the_validation_studies(tmp_path):
     csv = make_dump(tmp_path)
-    task = RNNTask(task_cfg(tmp_path, csv))
+    task = HeadTask(task_cfg(tmp_path, csv))
     train_ds, val_ds = task.datasets()
     model = task.build_model()
     loader = torch.utils.data.DataLoader(val_ds, batch_size=1, collate_fn=task.collate_fn)
@@ -269,7 +287,7 @@ def test_finish_writes_oof_of_exactly_the_validation_studies(tmp_path):
 def test_val_metrics_drop_repeated_series_and_match_the_metric(tmp_path):
     from rsna_pe import metric
     csv = make_dump(tmp_path)
-    task = RNNTask(task_cfg(tmp_path, csv))
+    task = HeadTask(task_cfg(tmp_path, csv))
     _, val_ds = task.datasets()
     model = task.build_model().eval()
     with torch.no_grad():
@@ -300,7 +318,7 @@ def tiny_overrides(root, csv):
 
 
 def test_engine_run_writes_oof_of_exactly_the_validation_studies(tmp_path, monkeypatch):
-    from rsna_pe.checkpoint import load_model
+    from rsna_pe.checkpoint import load_trained
     from rsna_pe.config import load_config
     from rsna_pe.trainer import train
     monkeypatch.setenv("WANDB_MODE", "disabled")
@@ -313,7 +331,8 @@ def test_engine_run_writes_oof_of_exactly_the_validation_studies(tmp_path, monke
     metrics = pd.read_csv(run / "metrics.csv")
     assert len(metrics) == 2 and {"val_loss", "score", "score_pp"} <= set(metrics.columns)
     # The run folder alone rebuilds the head and records what inference needs.
-    model, saved = load_model(run / "best.ckpt")
+    model, ckpt = load_trained(run / "best.ckpt")
+    saved = ckpt["config"]
     assert saved["dataset"]["cnn_run"] == "cnn_a"
     assert saved["extra_state"]["prior"] == json.loads((run / "prior.json").read_text())
     assert isinstance(model, RNNHead) and not model.training
@@ -383,7 +402,7 @@ def test_ddp_two_processes_agree_and_write_a_valid_oof(tmp_path):
     import re
     import subprocess
     import sys
-    from rsna_pe.runs import weights_digest
+    from rsna_pe.runtime import weights_digest
     csv = make_dump(tmp_path)
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
            str(REPO / "src" / "train_rsna.py"), "-c", str(REPO / "configs/train_rnn/rexnet200_bce.yml"),

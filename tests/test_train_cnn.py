@@ -18,13 +18,15 @@ import torch
 import train_rsna
 from cnn_data import DEMO_CFG, SIZE, overrides, run_main, write_data
 from rsna_pe import paths
-from rsna_pe.checkpoint import find_checkpoint, load_model
-from rsna_pe.cnn import GeM, CNNTask, build_cnn, build_train_transform, load_backbone_file
+from rsna_pe.checkpoint import find_checkpoint, load_trained
+from rsna_pe.cnn import GeM, build_cnn, load_backbone_file
+from rsna_pe.cnn_task import CNNTask
 from rsna_pe.config import CONFIG_DIR, REPO_ROOT, load_config
 from rsna_pe.errors import PipelineError
 from rsna_pe.losses import FocalLoss, build_loss
 from rsna_pe.folds import split_by_fold
 from rsna_pe.optim import build_optimizer, build_scheduler
+from rsna_pe.slice_data import build_train_transform
 from rsna_pe.trainer import Trainer
 from workspace import SUB_ENV
 
@@ -127,7 +129,7 @@ def test_model_normalises_inside_and_features_are_the_embedding():
 
 def test_a_few_steps_lower_the_loss_on_a_tiny_batch():
     torch.manual_seed(0)
-    cfg = {"loss": {"name": "bce"}, "train": {"channels_last": True}, "model": tiny_cfg(dropout=0.0)}
+    cfg = {"network": "cnn", "loss": {"name": "bce"}, "train": {"channels_last": True}, "model": tiny_cfg(dropout=0.0)}
     task = CNNTask(cfg)
     model = task.build_model().to(memory_format=torch.channels_last).train()
     opt = torch.optim.AdamW(model.parameters(), lr=1e-3)
@@ -210,8 +212,8 @@ def test_run_folder_checkpoints_and_metrics(finished_run):
     last = torch.load(run / "last.ckpt", weights_only=True)
     assert last["finished"]
     # validation gathered both ranks' shards: best.ckpt re-scored on the whole val set alone
-    model, cfg = load_model(run / "best.ckpt")
-    task = CNNTask(cfg)
+    model, ckpt = load_trained(run / "best.ckpt")
+    task = CNNTask(ckpt["config"])
     _, val_ds = task.datasets()
     batch = [torch.stack(t) for t in zip(*(val_ds[i] for i in range(len(val_ds))))]
     with torch.no_grad():
@@ -220,12 +222,12 @@ def test_run_folder_checkpoints_and_metrics(finished_run):
     assert task.val_metrics([o])["val_loss"] == pytest.approx(best["val_loss"], rel=1e-4) and last["step"] == 4 and "optimizer" in last
 
 
-def test_load_model_rebuilds_from_the_checkpoint_alone(finished_run):
+def test_load_trained_rebuilds_from_the_checkpoint_alone(finished_run):
     out, run = finished_run
     path = find_checkpoint(out, "rexnet200_bce", 0)
     assert path == run / "best.ckpt"
-    model, cfg = load_model(path)
-    assert not model.training and cfg["dataset"]["size"] == SIZE
+    model, ckpt = load_trained(path)
+    assert not model.training and ckpt["config"]["dataset"]["size"] == SIZE
     ref = build_cnn(tiny_cfg())
     ref.load_state_dict(torch.load(path, weights_only=True)["model"])
     x = torch.randint(0, 256, (2, 3, SIZE, SIZE), dtype=torch.uint8)
@@ -315,8 +317,8 @@ def test_ddp_two_cpu_processes(data, tmp_path):
         "last.ckpt", "metrics.csv", "record.json"]
     assert last["finished"]
     # validation gathered both ranks' shards: best.ckpt re-scored on the whole val set alone
-    model, cfg = load_model(run / "best.ckpt")
-    task = CNNTask(cfg)
+    model, ckpt = load_trained(run / "best.ckpt")
+    task = CNNTask(ckpt["config"])
     _, val_ds = task.datasets()
     batch = [torch.stack(t) for t in zip(*(val_ds[i] for i in range(len(val_ds))))]
     with torch.no_grad():

@@ -14,7 +14,8 @@ import make_csv
 import make_image
 import make_npz
 import train_rsna
-from rsna_pe.config import CONFIG_DIR, REPO_ROOT
+from rsna_pe.config import CONFIG_DIR
+from rsna_pe.paths import REPO_ROOT
 from rsna_pe.synthetic import generate
 
 DEMO = CONFIG_DIR / "demo"

@@ -10,11 +10,11 @@
     MODEL_CARD.md        data and its terms, citation, cross-validation scores, versions, limits
     manifest.json        format name and version, the CNN/head pairs, every file's sha256
 
-``load`` treats a bundle as data from a stranger. It reads each file once (no symbolic links,
-no names with folders in them), checks the manifest's structure, format version and every
-file's hash before it builds anything, and parses and loads those same bytes: weights with
-safetensors, everything else as strict JSON; no pickle from a bundle is ever unpickled. A model
-is rebuilt by network name through the Task registry (no code is named by the bundle), its CNN
+``load_bundle`` treats a bundle as data from a stranger. It reads each file once (no symbolic
+links, no names with folders in them), checks the manifest's structure, format version and
+every file's hash before it builds anything, and parses and loads those same bytes: weights
+with safetensors, everything else as strict JSON; no pickle from a bundle is ever unpickled. A
+model is rebuilt by network name (rsna_pe.networks; no code is named by the bundle), its CNN
 backbone only by a timm architecture name and without pretrained weights (nothing is fetched
 or read from outside the bundle), then its weights are loaded strictly. Any damage stops with
 one line naming the file and the key (docs/bundle.md).
@@ -29,14 +29,16 @@ import re
 import stat
 from pathlib import Path
 
-import numpy as np
-
-from . import exam_targets
+from .bundle_card import model_card
 from .checkpoint import read_checkpoint
+from .cnn import offline_backbone
 from .errors import PipelineError
 from .io import atomic_dir, strict_json
-from .labels import EXAM_LABELS, IMAGE_LABEL, LABELS
+from .labels import IMAGE_LABEL, LABELS
 from .model_input import input_channels, input_kind
+from .networks import build_network, output_labels, without_pretrained
+from .pairs import head_mismatch, jpeg_settings, mean_prior
+from .paths import PRIOR_FILE
 from .windows import WINDOWS
 
 log = logging.getLogger(__name__)
@@ -44,7 +46,6 @@ log = logging.getLogger(__name__)
 FORMAT = "rsna-pe-model-bundle"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
-PRIOR = "prior.json"
 CARD = "MODEL_CARD.md"
 # metric.postprocess: the original solution's consistency rules (PIPELINE.md section 6).
 POSTPROCESS = "rsna-str-pe-consistency-v1"
@@ -68,12 +69,12 @@ def _finite(obj):
     return None if isinstance(obj, float) and not math.isfinite(obj) else obj
 
 
-def output_labels(kind, cfg=None):
-    """Label order of a model's outputs (a CNN's exam outputs: rsna_pe.exam_targets)."""
-    if kind == "cnn":
-        extra = exam_targets.target_labels((cfg or {}).get("model"))
-        return {"image": [IMAGE_LABEL], **({"exam": list(extra)} if extra else {})}
-    return {"image": [IMAGE_LABEL], "exam": list(EXAM_LABELS)}
+def label_groups(kind, cfg):
+    """The labels of a ``kind`` model's outputs (rsna_pe.networks.output_labels) as its JSON
+    keeps them: {"image": [IMAGE_LABEL], "exam": [...]}, no "exam" for a CNN without exam outputs."""
+    names = output_labels({**cfg, "network": kind})
+    exam = [n for n in names if n != IMAGE_LABEL]
+    return {"image": [n for n in names if n == IMAGE_LABEL], **({"exam": exam} if exam else {})}
 
 
 # ----------------------------------------------------------------------------- export
@@ -82,7 +83,7 @@ def _model_entry(kind, path, ckpt, name):
     ds = cfg.get("dataset", {})
     entry = {"name": name, "kind": kind, "weights": f"{name}.safetensors", "config": cfg,
              "record": ckpt.get("record"),
-             "labels": output_labels(kind, cfg),
+             "labels": label_groups(kind, cfg),
              "source": {"run_name": cfg.get("run_name"), "fold": ds.get("fold"),
                         "checkpoint": Path(path).name, "epoch": ckpt.get("epoch"),
                         "step": ckpt.get("step"), "metrics": _finite(ckpt.get("metrics", {}))}}
@@ -96,7 +97,7 @@ def _model_entry(kind, path, ckpt, name):
         run = Path(path).parent
         entry["cnn_run"] = ds.get("cnn_run")
         entry["postprocess"] = POSTPROCESS
-        entry["prior"] = _read_json(run / PRIOR, "label prior of the head's run")
+        entry["prior"] = _read_json(run / PRIOR_FILE, "label prior of the head's run")
         scores = run / "scores.json"
         entry["cv"] = _finite(_read_json(scores, "scores")) if scores.is_file() else None
     return entry
@@ -112,11 +113,11 @@ def _read_json(path, what):
 
 
 def _weights_bytes(state_dict):
-    from safetensors.torch import save
+    import safetensors.torch  # optional dependency: only bundles need it
 
     # safetensors refuses shared or strided storage; own contiguous copies store cleanly.
-    return save({k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()},
-                metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
+    own = {k: v.detach().cpu().contiguous().clone() for k, v in state_dict.items()}
+    return safetensors.torch.save(own, metadata={"format": FORMAT, "format_version": str(FORMAT_VERSION)})
 
 
 def _add_model(files, models, names, kind, path):
@@ -140,8 +141,6 @@ def _add_model(files, models, names, kind, path):
 
 def export(pairs, out, overwrite=False, inference_cfg=None):
     """Write the bundle of ``pairs`` [(cnn_ckpt, rnn_ckpt)] to the folder ``out``; -> manifest."""
-    from .bundle_card import model_card
-
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PipelineError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
@@ -149,13 +148,13 @@ def export(pairs, out, overwrite=False, inference_cfg=None):
     for cnn_path, rnn_path in pairs:
         cnn, rnn = _add_model(files, models, names, "cnn", cnn_path), _add_model(files, models, names, "rnn", rnn_path)
         want = models[rnn]["cnn_run"]
-        if want and want != models[cnn]["source"]["run_name"]:
+        if want and head_mismatch(models[cnn]["config"], models[rnn]["config"]) == "run":
             raise PipelineError(f"{rnn_path}: head trained on embeddings of '{want}', paired with "
                                 f"CNN run '{models[cnn]['source']['run_name']}' ({cnn_path})")
         pair_names.append({"cnn": cnn, "rnn": rnn})
     heads = [models[p["rnn"]] for p in pair_names]
     prior = {"mean": mean_prior([h["prior"] for h in heads]), "per_head": {h["name"]: h["prior"] for h in heads}}
-    files[PRIOR] = _json_bytes(prior, out / PRIOR)
+    files[PRIOR_FILE] = _json_bytes(prior, out / PRIOR_FILE)
     files[CARD] = model_card(models, pair_names, prior, inference_cfg).encode()
     manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "pairs": pair_names,
                 "postprocess": POSTPROCESS, "labels": list(LABELS),
@@ -167,11 +166,6 @@ def export(pairs, out, overwrite=False, inference_cfg=None):
         (tmp / MANIFEST).write_bytes(raw)
     log.info("wrote %s: %d pairs, %d files; manifest sha256 %s", out, len(pair_names), len(files), _sha256(raw))
     return manifest
-
-
-def mean_prior(priors):
-    """The labels' mean over several priors, as the Ensemble averages its heads' priors."""
-    return {k: float(np.mean([p[k] for p in priors])) for k in priors[0]}
 
 
 # ----------------------------------------------------------------------------- load
@@ -330,8 +324,6 @@ def _entry(bundle, files, name, kind):
     _plain_name(entry["weights"], path, "weights")
     cfg = entry["config"]
     if kind == "cnn":
-        from .cnn import offline_backbone
-
         offline_backbone(cfg["model"].get("backbone"), f"{path}: key 'config.model.backbone'")
     return entry, path
 
@@ -339,17 +331,14 @@ def _entry(bundle, files, name, kind):
 def _load_model(bundle, files, name, kind, device):
     """-> (model in eval mode, its checkpoint fields (config, record), sha256 of the weights'
     bytes it was loaded from)."""
-    from safetensors.torch import load
-
-    from .runs import jpeg_settings
-    from .tasks import get_task, without_pretrained
+    import safetensors.torch  # optional dependency: only bundles need it
 
     entry, path = _entry(bundle, files, name, kind)
     cfg = entry["config"]
     with _one_line(path, "config"):
-        want = output_labels(kind, cfg)
+        want = label_groups(kind, cfg)
         # Built without pretrained weights (whatever the config says), then given the bundle's.
-        model = get_task(without_pretrained(cfg)).build_model()
+        model = build_network(without_pretrained(cfg))
         if kind == "cnn":
             input_kind(cfg)
     if kind == "cnn":
@@ -360,7 +349,7 @@ def _load_model(bundle, files, name, kind, device):
     weights = Path(bundle) / entry["weights"]
     data = _listed(bundle, files, weights.name)
     try:
-        state = load(data)
+        state = safetensors.torch.load(data)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
         raise PipelineError(f"{weights}: not a safetensors file "
                             f"({(str(e).splitlines() or [''])[0][:120]})") from None
@@ -375,14 +364,14 @@ def _load_model(bundle, files, name, kind, device):
 
 def _prior(bundle, files):
     """The mean label prior of ``prior.json``: a probability for each label."""
-    path = Path(bundle) / PRIOR
-    mean = _at(_json(_listed(bundle, files, PRIOR), path), "mean", dict, path)
+    path = Path(bundle) / PRIOR_FILE
+    mean = _at(_json(_listed(bundle, files, PRIOR_FILE), path), "mean", dict, path)
     if set(mean) != set(LABELS) or not all(type(v) in (int, float) and 0 <= v <= 1 for v in mean.values()):
         raise PipelineError(f"{path}: key 'mean' must give each of the {len(LABELS)} labels a probability")
     return mean
 
 
-def load(bundle, device="cpu"):
+def load_bundle(bundle, device="cpu"):
     """-> ([(cnn, cnn_cfg, rnn, rnn_cfg)] on ``device`` (CNNs on CPU, the Embedder moves them),
     the mean label prior, each pair's sources (the sha256 of the bytes its weights came from))."""
     bundle = Path(bundle)
@@ -392,7 +381,7 @@ def load(bundle, device="cpu"):
         cnn, cnn_ckpt, cnn_sha = _load_model(bundle, files, pair["cnn"], "cnn", "cpu")
         rnn, rnn_ckpt, rnn_sha = _load_model(bundle, files, pair["rnn"], "rnn", device)
         ccfg, rcfg = cnn_ckpt["config"], rnn_ckpt["config"]
-        if (rcfg["dataset"]["cnn_run"], rcfg["dataset"]["fold"]) != (ccfg["run_name"], ccfg["dataset"]["fold"]):
+        if head_mismatch(ccfg, rcfg):
             raise PipelineError(f"{bundle / pair['rnn']}.json: head of CNN run {rcfg['dataset']['cnn_run']} "
                                 f"fold {rcfg['dataset']['fold']} paired with {ccfg['run_name']} fold "
                                 f"{ccfg['dataset']['fold']}")
@@ -402,14 +391,3 @@ def load(bundle, device="cpu"):
     log.info("model bundle %s: %d pairs, manifest sha256 %s", bundle, len(members), manifest_sha)
     return members, prior, sources
 
-
-def load_ensemble(cfg, device, compile=False):
-    """The inference ensemble from ``cfg['bundle']`` if set, else from the run folders."""
-    from .ensemble import Ensemble, resolve_pairs
-
-    kw = dict(chunk=cfg["batch_size"], amp=cfg["amp"], channels_last=cfg["channels_last"],
-              compile=compile, tta_flip=cfg["tta_flip"])
-    if cfg.get("bundle"):
-        members, prior, sources = load(cfg["bundle"], device)
-        return Ensemble.from_models(members, prior, sources, device, **kw)
-    return Ensemble(resolve_pairs(cfg), device, **kw)

@@ -6,36 +6,9 @@ already here, while grad-cam pulls ttach, scipy and Pillow. Each CNN's map is up
 requested size and stretched to [0, 1] per slice; the ensemble's map is the mean of its CNNs'
 maps, stretched again. Slices run in batches, so a long study costs a few backward passes.
 """
+import cv2
 import numpy as np
 import torch
-import torch.nn as nn
-
-
-class _ForwardFeatures(nn.Module):
-    """The backbone's feature map as a module call: Captum hooks module outputs, and
-    ``RSNACNN.features`` calls ``backbone.forward_features``, which no module hook sees."""
-
-    def __init__(self, backbone):
-        super().__init__()
-        self.backbone = backbone
-
-    def forward(self, x):
-        return self.backbone.forward_features(x)
-
-
-class CamNet(nn.Module):
-    """An ``RSNACNN``'s logit (B, 1), computed with the same modules in the same order as its
-    ``forward``, with ``feature_map`` as the layer Grad-CAM explains."""
-
-    def __init__(self, cnn):
-        super().__init__()
-        self.cnn = cnn
-        self.feature_map = _ForwardFeatures(cnn.backbone)
-
-    def forward(self, x):
-        c = self.cnn
-        x = (x.float() - c.mean) / c.std
-        return c.head(c.drop(c.pool(self.feature_map(x))))
 
 
 def scale01(maps):
@@ -52,12 +25,15 @@ def scale01(maps):
     return out.astype(np.float32)
 
 
-def grad_cam(net, layer, images, out_size=None, batch=16):
+def grad_cam(net, layer, images, out_size=None, batch=16, device=None):
     """Grad-CAM of output 0 of ``net`` at ``layer`` for images (N, C, H, W) (numpy or tensor,
-    any dtype the net takes) -> float32 (N, out, out) in [0, 1] (default: the input's size)."""
+    any dtype the net takes) -> float32 (N, out, out) in [0, 1] (default: the input's size).
+    ``net``: a module, or any function of the images with ``device`` given."""
+    # Lazy: captum (about 0.5 s to import) is needed only when maps are made, and stage 7
+    # imports this module on every run.
     from captum.attr import LayerAttribution, LayerGradCam
 
-    device = next(net.parameters()).device
+    device = device or next(net.parameters()).device
     images = torch.as_tensor(images)
     size = tuple(images.shape[-2:]) if out_size is None else (int(out_size), int(out_size))
     gc = LayerGradCam(net, layer)
@@ -73,9 +49,11 @@ def grad_cam(net, layer, images, out_size=None, batch=16):
 
 
 def cnn_cam(cnn, images, out_size=None, batch=16):
-    """Grad-CAM of one ``RSNACNN`` (uint8 RGB 0-255 input, as it was trained)."""
-    net = CamNet(cnn).eval()
-    return grad_cam(net, net.feature_map, images, out_size, batch)
+    """Grad-CAM of one ``RSNACNN`` (uint8 RGB 0-255 input, as it was trained): its own forward's
+    image logit, explained at its ``feature_map`` (the backbone's last feature map)."""
+    cnn.eval()
+    return grad_cam(lambda x: cnn(x)[:, None], cnn.feature_map, images, out_size, batch,
+                    device=next(cnn.parameters()).device)
 
 
 def pick_slices(img_prob, top_k=8, all_slices=False):
@@ -92,7 +70,6 @@ def placed(maps, region, out_size):
     the box as shares of the slice, (x0, y0, x1, y1); None: the maps cover the whole slice)."""
     if region is None:
         return maps
-    import cv2
     x0, y0, x1, y1 = (int(round(v * out_size)) for v in region)
     out = np.zeros((len(maps), out_size, out_size), np.float32)
     for k, m in enumerate(maps):

@@ -1,9 +1,9 @@
 """Find and rebuild trained models from their run folders.
 
-A checkpoint holds its own config, so ``load_model(path)`` rebuilds the network (backbone,
-pooling, input normalisation) exactly as it was trained, through the Task registry. Every
-checkpoint loads with ``torch.load(path, weights_only=True)`` and carries its run's record
-(rsna_pe.runs): versions, commit, inputs and the label order of its outputs.
+A checkpoint holds its own config, so ``load_trained(path)`` rebuilds the network (backbone,
+pooling, input normalisation) exactly as it was trained (rsna_pe.networks). Every checkpoint
+loads with ``torch.load(path, weights_only=True)`` and carries its run's record
+(rsna_pe.run_records): versions, commit, inputs and the label order of its outputs.
 """
 import math
 from pathlib import Path
@@ -13,6 +13,9 @@ import torch
 from . import paths
 from .errors import PipelineError
 from .io import atomic_torch_save
+from .networks import build_network, output_labels, without_pretrained
+from .provenance import check_label_order
+from .run_records import RETRAIN
 
 WHICH = ("best", "last")
 
@@ -41,27 +44,24 @@ def read_checkpoint(path):
     return ckpt
 
 
-def load(path, device="cpu"):
+def check_checkpoint(ckpt, path):
+    """A checkpoint is read only if it records the label order this code gives its outputs."""
+    recorded = ((ckpt.get("record") or {}).get("params") or {}).get("labels")
+    check_label_order(recorded, output_labels(ckpt["config"]), path, RETRAIN)
+
+
+def load_trained(path, device="cpu"):
     """-> (model in eval mode on ``device``, the checkpoint). A checkpoint whose recorded label
     order is not this code's (or that records none) is refused."""
-    from .runs import check_checkpoint
-    from .tasks import get_task, without_pretrained
-
     ckpt = read_checkpoint(path)
     check_checkpoint(ckpt, path)
-    model = get_task(without_pretrained(ckpt["config"])).build_model()
+    model = build_network(without_pretrained(ckpt["config"]))
     try:
         model.load_state_dict(ckpt["model"])
     except RuntimeError as e:
         raise PipelineError(f"{path}: weights do not fit the model its config describes "
                             f"({str(e).splitlines()[0]})") from None
     return model.to(device).eval(), ckpt
-
-
-def load_model(path, device="cpu"):
-    """-> (model in eval mode on ``device``, the checkpoint's config)."""
-    model, ckpt = load(path, device)
-    return model, ckpt["config"]
 
 
 def state_dict(model):

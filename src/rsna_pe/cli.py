@@ -4,7 +4,7 @@ import logging
 import sys
 
 from .config import default_config, describe, load_config
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 
 
 def setup_logging():
@@ -52,7 +52,7 @@ def _help_keys(argv, default):
         return "config keys: pass -c FILE -h to list the keys of a config"
     try:
         return f"config keys of {path} (override any as key.sub=value):\n{describe(path)}"
-    except (OSError, PipelineError) as e:
+    except (OSError, ConfigError) as e:
         return f"config keys: cannot read {path} ({e})"
 
 

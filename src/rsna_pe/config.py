@@ -16,9 +16,10 @@ from pathlib import Path
 
 import yaml
 
-from .errors import PipelineError
+from .errors import ConfigError
+from .io import atomic_write_text
+from .paths import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 CONFIG_DIR = REPO_ROOT / "configs"
 # Top-level lists a run iterates over (stage 7's model pairs and folds, a training's seed per
 # fold): empty, a run would do nothing or fall back silently, so wherever a config holds one of
@@ -43,8 +44,8 @@ def _bases(path, data):
         return []
     names = [bases] if isinstance(bases, str) else bases
     if not isinstance(names, list) or not all(isinstance(b, str) and b for b in names):
-        raise PipelineError(f"config {path}: key 'base' must be a file name or a list of file names, "
-                            f"not {bases!r:.80}")
+        raise ConfigError(f"config {path}: key 'base' must be a file name or a list of file names, "
+                          f"not {bases!r:.80}")
     return [Path(path).parent / b for b in names]
 
 
@@ -53,19 +54,19 @@ def _read(path, chain=()):
     a file that is its own base, directly or through others, stops instead of recursing."""
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"config not found: {path}")
+        raise ConfigError(f"config not found: {path}")
     here = path.resolve()
     if here in chain:
         loop = " -> ".join(p.name for p in (*chain[chain.index(here):], here))
-        raise PipelineError(f"config {path}: its bases loop ({loop})")
+        raise ConfigError(f"config {path}: its bases loop ({loop})")
     try:
         data = yaml.safe_load(path.read_text()) or {}
     except yaml.YAMLError as e:
-        raise PipelineError(f"bad YAML in {path}: {str(e).splitlines()[0]}") from None
+        raise ConfigError(f"bad YAML in {path}: {str(e).splitlines()[0]}") from None
     except (OSError, UnicodeDecodeError) as e:
-        raise PipelineError(f"cannot read config {path}: {type(e).__name__}") from None
+        raise ConfigError(f"cannot read config {path}: {type(e).__name__}") from None
     if not isinstance(data, dict):
-        raise PipelineError(f"config {path} must be a mapping")
+        raise ConfigError(f"config {path} must be a mapping")
     merged = {}
     for base in _bases(path, data):
         merged = _merge(merged, _read(base, (*chain, here)))
@@ -78,8 +79,8 @@ def _cast(key, text, old):
     except yaml.YAMLError as e:
         if isinstance(old, str):  # a string key takes the text as it is
             return text
-        raise PipelineError(f"override {key}={text}: not a YAML value "
-                            f"({str(e).splitlines()[0]})") from None
+        raise ConfigError(f"override {key}={text}: not a YAML value "
+                          f"({str(e).splitlines()[0]})") from None
     if old is None or new is None:
         return new
     if isinstance(old, bool):
@@ -100,23 +101,23 @@ def _cast(key, text, old):
     elif isinstance(old, (list, dict)):
         if isinstance(new, type(old)):
             return new
-    raise PipelineError(f"override {key}={text}: expected {type(old).__name__}")
+    raise ConfigError(f"override {key}={text}: expected {type(old).__name__}")
 
 
 def apply_overrides(cfg, overrides):
     """Apply ``a.b=value`` strings in place; each key must already exist in ``cfg``."""
     for item in overrides:
         if "=" not in item:
-            raise PipelineError(f"override '{item}' is not key=value")
+            raise ConfigError(f"override '{item}' is not key=value")
         key, text = item.split("=", 1)
         node = cfg
         parts = key.split(".")
         for p in parts[:-1]:
             if not isinstance(node.get(p), dict):
-                raise PipelineError(f"unknown config key '{key}'")
+                raise ConfigError(f"unknown config key '{key}'")
             node = node[p]
         if parts[-1] not in node:
-            raise PipelineError(f"unknown config key '{key}'")
+            raise ConfigError(f"unknown config key '{key}'")
         node[parts[-1]] = _cast(key, text, node[parts[-1]])
     return cfg
 
@@ -133,8 +134,8 @@ def check_lists(cfg, path):
     """``cfg`` if each key of ``NON_EMPTY`` it holds is a non-empty list (see NON_EMPTY)."""
     for key in NON_EMPTY:
         if key in cfg and not (isinstance(cfg[key], list) and cfg[key]):
-            raise PipelineError(f"config {path}: key '{key}' must be a non-empty list, "
-                                f"not {cfg[key]!r:.80} (a run needs at least one)")
+            raise ConfigError(f"config {path}: key '{key}' must be a non-empty list, "
+                              f"not {cfg[key]!r:.80} (a run needs at least one)")
     return cfg
 
 
@@ -144,7 +145,6 @@ def default_config(name):
 
 
 def save_config(cfg, path):
-    from .io import atomic_write_text
     atomic_write_text(path, yaml.safe_dump(cfg, sort_keys=False))
 
 

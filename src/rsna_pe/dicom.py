@@ -33,19 +33,10 @@ import numpy as np
 import pydicom
 from pydicom.multival import MultiValue
 
-from .errors import PipelineError
-from .lungcrop import crop
+from .errors import DicomReadError
 from .windows import hu_to_rgb
 
 log = logging.getLogger(__name__)
-
-
-class DicomReadError(PipelineError):
-    """A file that cannot be read; the message names the file and the reason."""
-
-    def __init__(self, path, reason):
-        super().__init__(f"{path}: {reason}" if str(path) else reason)
-        self.path, self.reason = str(path), reason
 
 
 @dataclass
@@ -265,6 +256,16 @@ def to_hu(ds, path):
     if slope == 1 and intercept == int(intercept):
         return arr.astype(np.int32) + int(intercept)
     return arr.astype(np.float32) * np.float32(slope) + np.float32(intercept)
+
+
+def crop(hu, box, where=""):
+    """A slice cut to ``box``, a series' lung box (rsna_pe.lungcrop; None: the slice as is)."""
+    if box is None:
+        return hu
+    x0, y0, x1, y1 = box
+    if x1 > hu.shape[1] or y1 > hu.shape[0]:
+        raise DicomReadError(where, f"slice matrix {hu.shape} smaller than the series' crop box {box}")
+    return hu[y0:y1, x0:x1]
 
 
 def hu_to_image(hu, size, bgr=False, box=None, where=""):

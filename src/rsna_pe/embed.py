@@ -9,7 +9,7 @@ so that only the group's last chunk is padded. On CPU nothing is padded or group
 import numpy as np
 import torch
 
-from .errors import PipelineError
+from .errors import ConfigError
 from .runtime import amp_settings, autocast
 
 # Series of one pass on a GPU: at least this many chunks' worth of slices (the padding of the
@@ -47,8 +47,8 @@ class Embedder:
         self.model = model
         if tta_flip and getattr(model, "logits_in_embedding", False):
             # the mirrored slice's left/right logits are the other side's: averaging mixes them
-            raise PipelineError("tta_flip cannot be used with a CNN whose embedding carries its "
-                                "exam logits (model.exam_targets.in_embedding); set tta_flip=false")
+            raise ConfigError("tta_flip cannot be used with a CNN whose embedding carries its "
+                              "exam logits (model.exam_targets.in_embedding); set tta_flip=false")
         self.features = torch.compile(model.embedding, dynamic=not self.pad) if compile else model.embedding
         self.tta_flip = tta_flip
 

@@ -2,18 +2,18 @@
 
 Each study is decoded once for all models; per model pair the CNN embeds every slice, the LSTM
 head predicts image and exam probabilities, the original's post-processing makes them
-consistent; the pairs are averaged and post-processed again.
+consistent; the pairs are averaged and post-processed again. ``load_ensemble`` builds it from
+a model bundle or from the run folders: inference gets its models here either way.
 """
-import json
 import logging
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch.nn.utils.rnn import pad_sequence
 
 from . import paths
-from .checkpoint import find_checkpoint, load
+from .bundle import load_bundle
+from .checkpoint import load_trained
 from .dicom import read_dataset, read_series_images, series_files
 from .embed import Embedder, to_device
 from .errors import PipelineError
@@ -21,47 +21,20 @@ from .labels import EXAM_LABELS, IMAGE_LABEL, study_series
 from .lungcrop import lung_box
 from .metric import postprocess
 from .model_input import input_kind, model_input, through_codec
-from .runs import check_pair, checkpoint_sha256, jpeg_settings
+from .pairs import check_pair, jpeg_settings, mean_prior, resolve_pairs, run_prior
+from .provenance import checkpoint_sha256
 
 log = logging.getLogger(__name__)
 
 
-def resolve_pairs(cfg):
-    """[(cnn_ckpt, rnn_ckpt)] from ``checkpoints`` if given, else run names x folds."""
-    if cfg["checkpoints"]:
-        pairs = [(Path(p["cnn"]), Path(p["rnn"])) for p in _pair_items(cfg, "checkpoints")]
-        for path in (p for pair in pairs for p in pair):
-            if not path.is_file():
-                raise PipelineError(f"{path}: checkpoint not found")
-        return pairs
-    folds = cfg["folds"]
-    if not all(type(k) is int for k in folds):  # bool is an int to Python, not a fold
-        raise PipelineError(f"config {cfg.get('config_file')}: key 'folds' must list fold numbers, "
-                            f"not {folds!r:.80}")
-    return [(find_checkpoint(cfg["cnn_output"], m["cnn"], k), find_checkpoint(cfg["rnn_output"], m["rnn"], k))
-            for m in _pair_items(cfg, "models") for k in folds]
-
-
-def _pair_items(cfg, key):
-    """``cfg[key]``, checked to be a list of {cnn: str, rnn: str} (run names or paths)."""
-    items = cfg[key]
-    ok = isinstance(items, list) and items and all(
-        isinstance(p, dict) and all(isinstance(p.get(k), str) and p[k] for k in ("cnn", "rnn")) for p in items)
-    if not ok:
-        raise PipelineError(f"config {cfg.get('config_file')}: key '{key}' must be a non-empty list of "
-                            f"{{cnn: ..., rnn: ...}}, not {items!r:.80}")
-    return items
-
-
-def run_prior(rnn_ckpt):
-    """The label prior saved with an RNN run (training means of the 10 labels)."""
-    path = Path(rnn_ckpt).parent / "prior.json"
-    if not path.is_file():
-        raise PipelineError(f"{path}: label prior of the RNN run not found")
-    try:
-        return json.loads(path.read_text())
-    except (ValueError, OSError) as e:
-        raise PipelineError(f"{path}: not a readable label prior ({type(e).__name__})") from None
+def load_ensemble(cfg, device, compile=False):
+    """The inference ensemble from ``cfg['bundle']`` if set, else from the run folders."""
+    kw = dict(chunk=cfg["batch_size"], amp=cfg["amp"], channels_last=cfg["channels_last"],
+              compile=compile, tta_flip=cfg["tta_flip"])
+    if cfg.get("bundle"):
+        members, prior, sources = load_bundle(cfg["bundle"], device)
+        return Ensemble.from_models(members, prior, sources, device, **kw)
+    return Ensemble(resolve_pairs(cfg), device, **kw)
 
 
 class Ensemble:
@@ -76,14 +49,13 @@ class Ensemble:
         """From run folders: [(cnn checkpoint, rnn checkpoint)], each pair checked."""
         members, sources = [], []
         for cnn_path, rnn_path in pairs:
-            cnn, cnn_ckpt = load(cnn_path, device="cpu")
-            rnn, rnn_ckpt = load(rnn_path, device=device)
+            cnn, cnn_ckpt = load_trained(cnn_path, device="cpu")
+            rnn, rnn_ckpt = load_trained(rnn_path, device=device)
             check_pair(cnn_path, cnn_ckpt, rnn_path, rnn_ckpt)
             members.append((cnn, cnn_ckpt, rnn, cnn_path))
             sources.append({"cnn": checkpoint_sha256(cnn_path), "rnn": checkpoint_sha256(rnn_path),
                             "where": [str(cnn_path), str(rnn_path)]})
-        priors = [run_prior(r) for _, r in pairs]
-        prior = {k: float(np.mean([p[k] for p in priors])) for k in priors[0]}
+        prior = mean_prior([run_prior(r) for _, r in pairs])
         self._set_up(members, prior, sources, device, jpeg_codec,
                      dict(chunk=chunk, amp=amp, channels_last=channels_last, compile=compile, tta_flip=tta_flip))
 

@@ -13,6 +13,7 @@ image's left is the patient's right), so its rightsided_pe and leftsided_pe targ
 """
 import numpy as np
 import torch.nn.functional as F
+from sklearn.metrics import roc_auc_score
 
 from .errors import PipelineError
 from .labels import EXAM_LABELS, IMAGE_LABEL
@@ -87,8 +88,6 @@ def exam_loss(logits, y, w):
 
 def val_aucs(logits, y, w, names):
     """AUC of each extra output over its counted slices (NaN with one class only)."""
-    from sklearn.metrics import roc_auc_score
-
     out = {}
     for k, name in enumerate(names):
         keep = w[:, k] > 0

@@ -1,8 +1,12 @@
 """The original's study-level split and the k-fold view of it used by every trainer."""
+from pathlib import Path
+
 import numpy as np
 from sklearn.model_selection import StratifiedKFold
 
-from .errors import PipelineError
+from .errors import ConfigError, InputFileError, PipelineError
+from .io import read_csv
+from .labels import ID_COLUMNS
 
 N_SPLITS = 15
 
@@ -28,7 +32,7 @@ def assign_folds(df, n_splits=N_SPLITS, seed=42):
 def val_fold_ids(fold, k_fold, n_splits=N_SPLITS):
     """Fold ids a model fold validates on: with k_fold 3, fold f -> {5f, ..., 5f+4}."""
     if not 0 <= fold < k_fold or n_splits % k_fold:
-        raise PipelineError(f"fold {fold} invalid for k_fold {k_fold} over {n_splits} fold ids")
+        raise ConfigError(f"fold {fold} invalid for k_fold {k_fold} over {n_splits} fold ids")
     per = n_splits // k_fold
     return set(range(per * fold, per * (fold + 1)))
 
@@ -48,11 +52,7 @@ def split_by_fold(df, fold, k_fold=3):
 def read_fold_csv(path, columns=()):
     """Stage 2's fold csv: ids, ``z_pos_order``, ``fold`` and the requested label ``columns``
     (only those are loaded: the real csv has 1.8 M rows)."""
-    from pathlib import Path
-
-    from .io import read_csv
-    from .labels import ID_COLUMNS
     if not Path(path).is_file():
-        raise PipelineError(f"{path}: fold csv not found (run src/make_csv.py first)")
+        raise InputFileError(path, "fold csv not found (run src/make_csv.py first)")
     want = [*ID_COLUMNS, "z_pos_order", "fold", *columns]
     return read_csv(path, want, usecols=lambda c: c in want, dtype=dict.fromkeys(ID_COLUMNS, str))

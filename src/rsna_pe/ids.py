@@ -21,7 +21,7 @@ lowercase ones.
 import re
 import reprlib
 
-from .dicom import DicomReadError
+from .errors import DicomReadError
 
 MAX_LENGTH = 64
 _SAFE = re.compile(rf"[A-Za-z0-9][A-Za-z0-9.-]{{0,{MAX_LENGTH - 1}}}")

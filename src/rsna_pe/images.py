@@ -13,11 +13,14 @@ from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
 
 from . import ids, paths
-from .dicom import DicomReadError, series_order, windowed_slices
+from .dicom import series_order, windowed_slices
+from .errors import DicomReadError, InputFileError
 from .io import atomic_dir, strict_json
 from .lungcrop import crop_params, lung_box
+from .windows import WINDOWS
 
 # Bump when the pixels a conversion writes change (window formula, resize, codec settings):
 # JPEG sets made by another version are then stale (see rsna_pe.provenance).
@@ -27,7 +30,6 @@ CONVERSION_VERSION = 1
 def conversion_params(size, quality, crop_margin=None):
     """What decides a JPEG set's pixels, as recorded with it; ``crop_margin``: the lung crop's
     margin (rsna_pe.lungcrop), None for whole slices (then no ``crop`` key, as before it existed)."""
-    from .windows import WINDOWS
     params = {"jpeg_size": int(size), "quality": int(quality), "chroma": "4:4:4",
               "windows": {k: list(v) for k, v in WINDOWS.items()},
               "conversion_version": CONVERSION_VERSION}
@@ -60,7 +62,7 @@ def read_jpeg(path):
     """RGB uint8 (H, W, 3); a missing or corrupt file is a one-line error naming it."""
     img = cv2.imread(str(path), cv2.IMREAD_COLOR)
     if img is None:
-        raise DicomReadError(path, "missing or unreadable JPEG")
+        raise InputFileError(path, "missing or unreadable JPEG")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -75,7 +77,7 @@ def convert_series(series_dir, out_dir, size, quality=95, record=None, crop_marg
     manifest keeps as ``crop_box`` (null: no lungs found, whole slices). ``root``: the JPEG set,
     which ``out_dir`` must lie in (rsna_pe.io.atomic_dir).
     Raises DicomReadError (naming the file) if any slice is unreadable or its SOPInstanceUID is
-    not a safe file name; nothing is written then.
+    not a safe file name, InputFileError if a JPEG cannot be written; nothing is written then.
     """
     params = jpeg_params(quality)
     box = lung_box(series_dir, crop_margin) if crop_margin is not None else None
@@ -86,7 +88,7 @@ def convert_series(series_dir, out_dir, size, quality=95, record=None, crop_marg
             if not ids.is_safe(info.sop):
                 raise DicomReadError(info.path, ids.refusal(info.sop, "SOPInstanceUID"))
             if not cv2.imwrite(str(tmp / f"{info.sop}.jpg"), bgr[view], params):
-                raise DicomReadError(tmp, f"cannot write JPEG for {info.path}")
+                raise InputFileError(tmp, f"cannot write JPEG for {info.path}")
             infos.append(info)
         order = series_order(infos, where=str(series_dir))
         if len({i.sop for i in order}) != len(order):
@@ -149,7 +151,7 @@ def pack_jpeg_files(paths):
         try:
             blobs.append(np.fromfile(p, dtype=np.uint8))
         except OSError as e:
-            raise DicomReadError(p, f"missing or unreadable JPEG ({e.strerror})") from None
+            raise InputFileError(p, f"missing or unreadable JPEG ({e.strerror})") from None
     offsets = np.zeros(len(blobs) + 1, np.int64)
     offsets[1:] = np.cumsum([len(b) for b in blobs])
     return {"jpeg": np.concatenate(blobs) if blobs else np.zeros(0, np.uint8),
@@ -160,7 +162,7 @@ def decode_jpeg_bytes(buf, where):
     """One JPEG file's bytes -> RGB uint8 (H, W, 3), exactly as read_jpeg decodes the file."""
     img = cv2.imdecode(buf, cv2.IMREAD_COLOR)
     if img is None:
-        raise DicomReadError(where, "corrupt JPEG bytes")
+        raise InputFileError(where, "corrupt JPEG bytes")
     return cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
 
 
@@ -168,7 +170,7 @@ def read_npz_images(z, where):
     """uint8 (S, 3, H, W) RGB of an opened stage-4 npz; another layout is refused by name."""
     fmt = str(z["format"]) if "format" in z.files else "decoded arrays (imgs)"
     if fmt != NPZ_FORMAT:
-        raise DicomReadError(where, f"npz layout '{fmt}' is not '{NPZ_FORMAT}'; rerun make_npz.py "
+        raise InputFileError(where, f"npz layout '{fmt}' is not '{NPZ_FORMAT}'; rerun make_npz.py "
                              "with overwrite=true")
     buf, off = z["jpeg"], z["jpeg_offsets"]
     return np.stack([decode_jpeg_bytes(buf[off[k]:off[k + 1]], f"{where}[{k}]").transpose(2, 0, 1)
@@ -182,7 +184,6 @@ MANIFEST_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID", "
 def finished_rows(root, keys, digest):
     """Manifest rows (MANIFEST_COLUMNS, in key and z order) of the series ``keys`` converted
     under the JPEG set record ``digest``, and the keys that are not."""
-    import pandas as pd
     rows, missing = [], []
     for study, series in keys:
         m = finished_key(root, (study, series), digest)
@@ -199,7 +200,6 @@ BOX_COLUMNS = ["StudyInstanceUID", "SeriesInstanceUID", "x0", "y0", "x1", "y1"]
 def finished_boxes(root, keys, digest):
     """The lung boxes (BOX_COLUMNS; empty where no lungs were found) of the series ``keys``
     converted under ``digest`` into a lung-cropped set, from their manifests."""
-    import pandas as pd
     rows = []
     for study, series in keys:
         m = finished_key(root, (study, series), digest)

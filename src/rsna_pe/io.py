@@ -14,9 +14,12 @@ import json
 import os
 import shutil
 import tempfile
+import zipfile
 from pathlib import Path
 
 import numpy as np
+
+from .errors import InputFileError, PipelineError
 
 CRASH_ENV = "RSNA_PE_CRASH_AT_WRITE"
 CRASH_EXIT_CODE = 75
@@ -69,7 +72,6 @@ def atomic_path(final, suffix=""):
 def check_inside(path, root):
     """Refuse (one line) a ``path`` that is not strictly inside ``root`` once symlinks are
     followed: what a stage replaces or removes must be its own output, never its input."""
-    from .errors import PipelineError
     real, top = Path(path).resolve(), Path(root).resolve()
     if real == top or not real.is_relative_to(top):
         raise PipelineError(f"{path}: refused, it lies outside the output folder {root} (at {real})")
@@ -108,7 +110,6 @@ def atomic_write_text(path, text):
 def strict_json(obj, where, **dumps_kwargs):
     """``json.dumps`` that refuses NaN and infinity (not JSON: browsers and strict parsers
     reject the file) with a one-line error naming ``where``."""
-    from .errors import PipelineError
     try:
         return json.dumps(obj, allow_nan=False, **dumps_kwargs)
     except ValueError as e:
@@ -123,7 +124,6 @@ def atomic_write_json(path, obj, newline=True, **dumps_kwargs):
 def atomic_savez(path, compress=False, **arrays):
     """np.savez layout (np.load reads it), but byte-reproducible: np.savez stamps each member
     with the current time, so the same arrays written twice would differ."""
-    import zipfile
     method = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
     with atomic_path(path, suffix=".npz") as tmp:
         with zipfile.ZipFile(tmp, "w", compression=method, allowZip64=True) as zf:
@@ -140,7 +140,7 @@ def atomic_to_csv(df, path, **kwargs):
 
 
 def atomic_torch_save(obj, path):
-    import torch
+    import torch  # heavy and optional here: the data stages write no torch files
     with atomic_path(path) as tmp:
         torch.save(obj, tmp)
 
@@ -149,21 +149,29 @@ def read_csv(path, required=(), id_columns=(), **kwargs):
     """pandas.read_csv with one-line errors naming the file and any missing column.
     ``id_columns`` are read as text, an empty cell as '' (not NaN, which would pass for the
     name 'nan' or stop a sort): an empty id is then refused as such (rsna_pe.ids)."""
-    import pandas as pd
+    import pandas as pd  # heavy: the writers above, which most stages use, do without it
 
-    from .errors import PipelineError
     path = Path(path)
     if not path.is_file():
-        raise PipelineError(f"{path}: file not found")
+        raise InputFileError(path, "file not found")
     try:
         df = pd.read_csv(path, **kwargs)
     except Exception as e:
         first = (str(e).splitlines() or [""])[0]
-        raise PipelineError(f"{path}: not a readable csv ({type(e).__name__}: {first})") from None
+        raise InputFileError(path, f"not a readable csv ({type(e).__name__}: {first})") from None
     missing = [c for c in required if c not in df.columns]
     if missing:
-        raise PipelineError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise InputFileError(path, f"missing column(s) {', '.join(missing)}")
     present = [c for c in id_columns if c in df.columns]
     if present:
         df[present] = df[present].fillna("")
     return df
+
+
+def has_outputs(folder, names=None):
+    """Any finished output in ``folder`` (``names``: only those count); temporaries of a killed
+    write (``.<name>.*.tmp``) do not."""
+    folder = Path(folder)
+    if names is not None:
+        return any((folder / n).exists() for n in names)
+    return folder.is_dir() and any(not p.name.startswith(".") for p in folder.iterdir())

@@ -1,4 +1,5 @@
 """The task's label facts: names, order, score weights. Defined once; loop over these."""
+from .errors import PipelineError
 
 EXAM_LABELS = (
     "negative_exam_for_pe",
@@ -62,7 +63,6 @@ def parse_exam_id(id_):
 def study_series(df, source):
     """Sorted (study, series) pairs of a frame with the id columns; one series per study is
     expected (as in the competition data), else a one-line error naming ``source``."""
-    from .errors import PipelineError
     pairs = df[["StudyInstanceUID", "SeriesInstanceUID"]].drop_duplicates().astype(str)
     dup = pairs["StudyInstanceUID"].duplicated()
     if dup.any():

@@ -23,6 +23,8 @@ import logging
 import cv2
 import numpy as np
 
+from .dicom import read_dataset, read_series_order, to_hu
+
 log = logging.getLogger(__name__)
 
 LUNG_HU = (-950, -400)  # aerated lung; trachea, bowel gas and outside air lie below it
@@ -86,7 +88,6 @@ def sample(n, k=MAX_SLICES):
 def lung_box(series_dir, margin):
     """The series' square crop box ``(x0, y0, x1, y1)``, or None (full image, logged) when no
     lungs are found."""
-    from .dicom import read_dataset, read_series_order, to_hu
     order = read_series_order(series_dir)
     found, shape = [], None
     for k in sample(len(order)):
@@ -99,13 +100,3 @@ def lung_box(series_dir, margin):
         return None
     return square_box(bounds, shape, margin)
 
-
-def crop(hu, box, where=""):
-    """A slice cut to ``box`` (None: the slice as is)."""
-    if box is None:
-        return hu
-    x0, y0, x1, y1 = box
-    if x1 > hu.shape[1] or y1 > hu.shape[0]:
-        from .dicom import DicomReadError
-        raise DicomReadError(where, f"slice matrix {hu.shape} smaller than the series' crop box {box}")
-    return hu[y0:y1, x0:x1]

@@ -6,8 +6,8 @@ import traceback
 
 from tqdm import tqdm
 
-from .dicom import DicomReadError
-from .errors import PipelineError
+from .errors import BadFileError, PipelineError
+from .io import atomic_to_csv
 
 log = logging.getLogger(__name__)
 
@@ -18,7 +18,7 @@ def n_workers(workers):
 
 
 def _init_worker():
-    import cv2
+    import cv2  # the image library, only where image work runs: this module stays in the core
     cv2.setNumThreads(1)  # one process per core already; cv2's own threads would oversubscribe
 
 
@@ -31,7 +31,7 @@ class _Call:
     def __call__(self, item):
         try:
             return item, self.fn(item), None
-        except DicomReadError as e:
+        except BadFileError as e:  # DICOM and other input files: listed by file
             return item, None, (e.path, e.reason)
         except Exception as e:  # log and carry on: one bad series must not stop the others
             log.debug(traceback.format_exc())
@@ -82,9 +82,8 @@ def run_series(fn, items, key, errors_csv, workers=0, desc=""):
     every run, so it holds the latest failures only), and once every other series is done a
     PipelineError summarises them. ``key(item)`` gives (study, series).
     """
-    import pandas as pd
+    import pandas as pd  # heavy: only the list of failures needs it
 
-    from .io import atomic_to_csv
     done, errors = [], []
     for item, result, err in imap(fn, items, workers, desc=desc):
         if err:

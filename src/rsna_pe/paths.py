@@ -1,8 +1,11 @@
 """Where every artifact lives, derived from roots in the configs, run name and fold."""
 from pathlib import Path
 
-from .errors import PipelineError
+from .errors import ConfigError
 from .ids import checked, series_name
+
+# The checkout's root (configs/, src/): the one place it is computed.
+REPO_ROOT = Path(__file__).resolve().parents[2]
 
 # The experiment key jpeg_crop -> what it adds to the name of the JPEG set and of every folder
 # derived from it (fold csv, npz set), so that cropped and whole-slice sets live side by side.
@@ -17,7 +20,7 @@ def crop_of(cfg):
 def jpeg_set(size, crop="none"):
     """``jpegs-<size>[-lungcrop]``: the name stage 1's set and its derived folders share."""
     if crop not in CROP_SUFFIX:
-        raise PipelineError(f"jpeg_crop={crop}: expected one of {', '.join(CROP_SUFFIX)}")
+        raise ConfigError(f"jpeg_crop={crop}: expected one of {', '.join(CROP_SUFFIX)}")
     return f"jpegs-{size}{CROP_SUFFIX[crop]}"
 
 

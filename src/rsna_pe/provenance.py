@@ -28,11 +28,12 @@ from importlib import metadata
 from pathlib import Path
 
 from .errors import PipelineError
+from .io import atomic_write_text
+from .paths import REPO_ROOT
 
 RECORD = "record.json"
 FORMAT = 1
 PACKAGES = ("torch", "timm", "pydicom", "numpy", "opencv-python-headless")
-REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 def package_versions(names=PACKAGES):
@@ -73,6 +74,18 @@ def file_sha256(path, chunk=1 << 20):
     return h.hexdigest()
 
 
+_HASHES = {}
+
+
+def checkpoint_sha256(path):
+    """file_sha256, once per file version in this process."""
+    st = os.stat(path)
+    key = (str(Path(path).resolve()), st.st_mtime_ns, st.st_size)
+    if key not in _HASHES:
+        _HASHES[key] = file_sha256(path)
+    return _HASHES[key]
+
+
 def _canonical(obj):
     return json.dumps(obj, sort_keys=True, separators=(",", ":"), default=str)
 
@@ -89,7 +102,7 @@ def record_path(where):
     return where if where.name == RECORD else where / RECORD
 
 
-def load(where):
+def read_record(where):
     """The record at ``where`` (folder or file), or None if there is none."""
     path = record_path(where)
     if not path.is_file():
@@ -106,7 +119,7 @@ def load(where):
 
 def require(where, what):
     """The record of an input set, which must exist (its stage writes it)."""
-    rec = load(where)
+    rec = read_record(where)
     if rec is None:
         raise PipelineError(f"{record_path(where)}: no record of the {what} (made by an older "
                             f"version?); rerun the stage that makes it with overwrite=true")
@@ -127,7 +140,6 @@ def make(stage, params, inputs=None):
 
 
 def write(where, record):
-    from .io import atomic_write_text
     atomic_write_text(record_path(where), json.dumps(record, indent=1, sort_keys=True, default=str) + "\n")
 
 
@@ -158,7 +170,7 @@ def guard(out_dir, record, has_outputs, overwrite, what, clear=None):
     under the same record.
     """
     out_dir = Path(out_dir)
-    old = load(out_dir)
+    old = read_record(out_dir)
     if old is not None:
         diff = difference(old, record)
         if diff is None:
@@ -188,3 +200,21 @@ def _clear_dir(path):
             shutil.rmtree(child)
         else:
             child.unlink()
+
+
+# ----------------------------------------------------------------------------- label order
+def _first_difference(recorded, expected):
+    for i, (a, b) in enumerate(zip(recorded, expected)):
+        if a != b:
+            return f"'{a}' at position {i} where this code has '{b}'"
+    return f"{len(recorded)} labels where this code has {len(expected)}"
+
+
+def check_label_order(recorded, expected, where, remedy):
+    """Refuse outputs whose recorded label order is missing or differs from ``expected``: a
+    checkpoint, dump or input set made with another order is never read by position."""
+    if recorded is None:
+        raise PipelineError(f"{where}: no recorded label order (made by an older version); {remedy}")
+    if list(recorded) != list(expected):
+        raise PipelineError(f"{where}: made with another label order ({_first_difference(list(recorded), list(expected))}); "
+                            f"its outputs are not read by position: {remedy}")

@@ -7,6 +7,7 @@ GPUs and Gloo on CPUs. Only rank 0 writes files and logs metrics.
 """
 import contextlib
 import datetime
+import hashlib
 import os
 import random
 from dataclasses import dataclass
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 
 
 @dataclass
@@ -92,6 +93,32 @@ def broadcast_object(obj, d, src=0):
     return box[0]
 
 
+def on_main(d, fn):
+    """``fn()`` on rank 0 only; every rank gets its result, or raises its error (no rank is
+    left waiting for one that stopped)."""
+    result = error = None
+    if d.is_main:
+        try:
+            result = fn()
+        except Exception as e:  # noqa: BLE001 - re-raised below, on every rank
+            error = e
+    result, message = broadcast_object((result, None if error is None else str(error)), d)
+    if error is not None:
+        raise error
+    if message is not None:
+        raise PipelineError(message)
+    return result
+
+
+def weights_digest(named_tensors):
+    """Short sha256 of named tensors (e.g. ``model.named_parameters()``), to compare ranks."""
+    h = hashlib.sha256()
+    for name, t in sorted(named_tensors, key=lambda kv: kv[0]):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
 def broadcast_buffers(model, d, src=0):
     """Copy rank ``src``'s buffers (BatchNorm running stats) to every rank. DDP syncs them
     only at the start of a training forward, so after the last step each rank holds its own;
@@ -138,7 +165,7 @@ def resolve_compile(value, device_type, n_items=None, min_items=0):
     there are at least ``min_items`` of them to repay the warm-up; CPU runs stay uncompiled."""
     text = str(value).strip().lower()
     if text not in COMPILE_CHOICES:
-        raise PipelineError(f"compile={value}: choose from {', '.join(COMPILE_CHOICES)}")
+        raise ConfigError(f"compile={value}: choose from {', '.join(COMPILE_CHOICES)}")
     if text != "auto":
         return text == "true"
     return device_type == "cuda" and (n_items is None or n_items >= min_items)

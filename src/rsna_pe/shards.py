@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import provenance
-from .errors import PipelineError
+from .errors import ConfigError, PipelineError
 
 _SPEC = re.compile(r"^(\d+)/(\d+)$")
 
@@ -59,13 +59,13 @@ def parse(spec, env=None):
         return from_env(env)
     m = _SPEC.match(spec)
     if not m:
-        raise PipelineError(f"shard={spec}: expected K/N (0 <= K < N), auto or '' for all")
+        raise ConfigError(f"shard={spec}: expected K/N (0 <= K < N), auto or '' for all")
     return _checked(int(m.group(1)), int(m.group(2)), spec)
 
 
 def _checked(index, count, spec):
     if not 0 <= index < count:
-        raise PipelineError(f"shard={spec}: expected K/N with 0 <= K < N")
+        raise ConfigError(f"shard={spec}: expected K/N with 0 <= K < N")
     return None if count == 1 else Shard(index, count)
 
 
@@ -108,7 +108,7 @@ def guard(out_dir, record, overwrite, what, shard, unknown_outputs):
     digest; it is asked only when there is no record (outputs of sibling shards that started
     first carry it, so they are never unknown).
     """
-    has_record = provenance.load(out_dir) is not None
+    has_record = provenance.read_record(out_dir) is not None
     has_outputs = not has_record and unknown_outputs()
     if shard is None:
         provenance.guard(out_dir, record, has_outputs, overwrite, what)
@@ -116,6 +116,6 @@ def guard(out_dir, record, overwrite, what, shard, unknown_outputs):
         provenance.guard(out_dir, record, has_outputs, overwrite, what,
                          clear=lambda: _clear_shared(out_dir, shard))
     elif has_record and not overwrite:
-        diff = provenance.difference(provenance.load(out_dir), record)
+        diff = provenance.difference(provenance.read_record(out_dir), record)
         if diff:
             raise provenance.stale_error(out_dir, what, f"was made with other settings ({diff})")

@@ -1,19 +1,12 @@
-"""Network types for the training engine: the ``Task`` base and its registry.
+"""The ``Task`` base: what a network type supplies to the training engine.
 
-A task supplies model, datasets, one step and validation metrics (rsna_pe.cnn.CNNTask,
-rsna_pe.rnn.RNNTask); stages that only rebuild a model (dump, inference) use this module, not
-the engine.
+A task supplies datasets, one step and validation metrics (rsna_pe.cnn_task.CNNTask,
+rsna_pe.head_task.HeadTask); its model, and the labels its outputs stand for, come from
+rsna_pe.networks, which is all that stages rebuilding a model (dump, inference) need. The
+registry of tasks by network name is rsna_pe.task_registry.
 """
-import copy
-import importlib
+from . import networks
 
-from .errors import PipelineError
-
-# network name -> (module, class) of its Task; imported lazily so each stays optional.
-TASKS = {
-    "cnn": ("rsna_pe.cnn", "CNNTask"),
-    "rnn": ("rsna_pe.rnn", "RNNTask"),
-}
 
 class Task:
     """What a network type supplies to the engine: model, datasets, step, validation metrics."""
@@ -24,7 +17,7 @@ class Task:
         self.cfg = cfg
 
     def build_model(self):
-        raise NotImplementedError
+        return networks.build_network(self.cfg)
 
     def datasets(self):
         raise NotImplementedError
@@ -48,32 +41,8 @@ class Task:
         the run starts, so checkpoints record what was used."""
         return cfg
 
+    @staticmethod
+    def input_sets(cfg):
+        """{name: folder} of the records a run is made from (rsna_pe.run_records)."""
+        raise NotImplementedError
 
-def task_class(cfg):
-    name = cfg.get("network")
-    if name not in TASKS:
-        raise PipelineError(f"unknown network '{name}' in {cfg.get('config_file', 'config')} "
-                            f"(choose from {', '.join(TASKS)})")
-    module, cls = TASKS[name]
-    return getattr(importlib.import_module(module), cls)
-
-
-def get_task(cfg):
-    return task_class(cfg)(cfg)
-
-
-def build_model(cfg):
-    """The untrained network a config describes."""
-    return get_task(cfg).build_model()
-
-
-def without_pretrained(cfg):
-    """A copy of ``cfg`` that builds the model without fetching/reading pretrained weights
-    (for rebuilding from a checkpoint, whose own weights replace them)."""
-    cfg = copy.deepcopy(cfg)
-    m = cfg.get("model") or {}
-    if "pretrained" in m:
-        m["pretrained"] = False
-    if "pretrained_file" in m:
-        m["pretrained_file"] = ""
-    return cfg

@@ -16,7 +16,7 @@ class WandbRun:
         if not is_main or mode == "disabled":
             return
         try:
-            import wandb
+            import wandb  # optional: needed only when tracking is on
         except ImportError:
             log.warning("wandb is not installed: logging to metrics.csv only")
             return

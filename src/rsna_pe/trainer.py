@@ -1,10 +1,10 @@
-"""The training engine shared by the CNN (stage 3) and the RNN (stage 6).
+"""The training engine shared by the CNN (stage 3) and the head (stage 6).
 
 A network type is a ``Task`` (rsna_pe.tasks: model, datasets, one step, validation metrics);
 the engine does the rest: seeding, mixed precision, channels_last, optional ``torch.compile``,
 gradient accumulation, DDP, validation ``val_per_epoch`` times per epoch, checkpoints
 (rsna_pe.checkpoint.CheckpointKeeper), resuming an unfinished run under the rerun rule of
-rsna_pe.runs, metrics.csv and wandb. Optimizer and schedule come from rsna_pe.optim.
+rsna_pe.run_records, metrics.csv and wandb. Optimizer and schedule come from rsna_pe.optim.
 """
 import contextlib
 import copy
@@ -17,16 +17,20 @@ import numpy as np
 import pandas as pd
 import torch
 import torch.nn as nn
+from torch.nn.parallel import DistributedDataParallel as DDP
+from tqdm import tqdm
 
-from . import paths, runs, runtime
+from . import paths, runtime
 from .checkpoint import CheckpointKeeper, state_dict
 from .config import save_config
 from .errors import PipelineError
 from .io import atomic_to_csv
 from .loaders import ResumableSampler, ShardSampler, make_loader
+from .networks import without_pretrained
 from .optim import build_optimizer, build_scheduler
+from .run_records import guard_run
 from .runtime import amp_settings, autocast, seed_everything, set_cpu_threads
-from .tasks import get_task, task_class, without_pretrained
+from .task_registry import get_task, task_class
 from .tracking import WandbRun
 
 log = logging.getLogger(__name__)
@@ -100,7 +104,7 @@ class Trainer:
     def _check_run(self):
         """The rerun rule (stale inputs or settings stop here, or with overwrite start afresh);
         returns the state of ``last.ckpt`` to resume from, if any."""
-        self.record = runs.guard_run(self.cfg, self.run, self.dist)
+        self.record = guard_run(self.cfg, self.run, self.dist)
         return self.keeper.load_last()
 
     def _set_up_runtime(self):
@@ -159,7 +163,6 @@ class Trainer:
         """DDP and compile wrap the training model; validation runs the plain (or compiled) one."""
         self.train_model, self.ddp = self.model, None
         if self.dist.enabled:
-            from torch.nn.parallel import DistributedDataParallel as DDP
             self.ddp = self.train_model = DDP(self.model, device_ids=[self.device.index]
                                               if self.device.type == "cuda" else None)
         self.eval_model = self.model
@@ -219,8 +222,6 @@ class Trainer:
         return accum, min(n_batches, steps * accum), val_at
 
     def _train_loop(self):
-        from tqdm import tqdm
-
         dist, tcfg = self.dist, self.tcfg
         self.sampler.skip = 0
         accum, n_batches, val_at = self._plan()
@@ -328,7 +329,7 @@ class Trainer:
     def _finish(self):
         """Task's final step with the best weights (rank 0), then mark the run finished."""
         # Final weights per rank: DDP ranks must agree (compared by tests and people).
-        log.info("rank %d parameters sha256 %s", self.dist.rank, runs.weights_digest(self.model.named_parameters()))
+        log.info("rank %d parameters sha256 %s", self.dist.rank, runtime.weights_digest(self.model.named_parameters()))
         if self.dist.is_main:
             best = self.keeper.best()
             if best is not None:

@@ -1,22 +1,18 @@
-"""Options of the stage-6 sequence head, each off unless a config turns it on (docs/training.md).
+"""Options of the stage-6 head, each off unless a config turns it on (docs/training.md).
 
-The recurrent stack itself is ``rnn.RNNHead`` (LSTM by default, GRU on ``model.head: gru``).
-Here: the blocks both heads share (the padding mask, masked attention pooling, the neighbour
-differences of ``model.neighbour_diff``, the CNN-logit pooling of ``model.cnn_logits``), the
-transformer encoder of ``model.head: transformer`` and the metric-weighted loss of ``loss.name:
-metric``.
+The recurrent stack itself is ``head.RNNHead`` (LSTM by default, GRU on ``model.head: gru``).
+Here: what both heads share (``SequenceHead``: the padding mask, the neighbour differences of
+``model.neighbour_diff``, the CNN-logit pooling of ``model.cnn_logits``; masked attention pooling;
+the two-layer output block) and the transformer encoder of ``model.head: transformer``. The head
+losses are in rsna_pe.losses.
 """
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .errors import PipelineError
-from .labels import EXAM_LABELS, EXAM_WEIGHTS, IMAGE_WEIGHT
-
-N_EXAM = len(EXAM_LABELS)
-_EXAM_W = tuple(EXAM_WEIGHTS[k] for k in EXAM_LABELS)
+from .labels import N_EXAM
 
 
 def slice_mask(lengths, steps, device=None):
@@ -80,6 +76,22 @@ def logit_pool(cnn_logits, input_dim):
     return LogitPool(n) if n else None
 
 
+class SequenceHead(nn.Module):
+    """The input side every stage-6 head shares; a subclass sets ``neighbour_diff`` (bool) and
+    ``logit_pool`` (a LogitPool, or None)."""
+
+    def inputs(self, emb, lengths):
+        """-> (emb, lengths, mask, skip): lengths as int64 on emb's device, the (B, S) mask of
+        real slices, the pooled CNN logits to add to the exam logits (0 without
+        ``cnn_logits``), and emb widened by its neighbour differences with ``neighbour_diff``."""
+        lengths = torch.as_tensor(lengths, dtype=torch.int64, device=emb.device)
+        mask = slice_mask(lengths, emb.shape[1])
+        skip = self.logit_pool(emb, mask) if self.logit_pool is not None else 0
+        if self.neighbour_diff:
+            emb = neighbour_diff(emb, lengths)
+        return emb, lengths, mask, skip
+
+
 def sinusoidal_positions(steps, width, device=None, dtype=torch.float32):
     """The fixed sine/cosine position code of "Attention is all you need", (steps, width)."""
     pos = torch.arange(steps, device=device, dtype=torch.float64)[:, None]
@@ -96,7 +108,7 @@ def two_layer(width, n_out, dropout):
                          nn.Linear(width, n_out, bias=False))
 
 
-class TransformerHead(nn.Module):
+class TransformerHead(SequenceHead):
     """A small transformer encoder over a series' slices, with the recurrent head's outputs.
 
     ``forward(emb (B, S, D), lengths (B,)) -> (image_logits (B, S), exam_logits (B, 9))``:
@@ -136,11 +148,7 @@ class TransformerHead(nn.Module):
         return self.positions.weight[:steps]
 
     def forward(self, emb, lengths):
-        lengths = torch.as_tensor(lengths, dtype=torch.int64, device=emb.device)
-        mask = slice_mask(lengths, emb.shape[1])
-        skip = self.logit_pool(emb, mask) if self.logit_pool is not None else 0
-        if self.neighbour_diff:
-            emb = neighbour_diff(emb, lengths)
+        emb, lengths, mask, skip = self.inputs(emb, lengths)
         x = self.proj(emb) + self._position_code(emb.shape[1], emb)
         x = self.encoder(x, src_key_padding_mask=~mask) * mask.unsqueeze(-1).to(x.dtype)
         return self.image_head(x).squeeze(-1), self.exam_head(attend(self.attention, x, mask)) + skip
@@ -158,22 +166,3 @@ def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0):
                            attn_dropout=float(t.get("attn_dropout", 0.1)),
                            position=str(t.get("position", "sinusoidal")), max_len=int(t.get("max_len", 2048)),
                            neighbour_diff=diff, cnn_logits=cnn_logits)
-
-
-def metric_loss(image_logits, exam_logits, image_labels, exam_labels, lengths):
-    """The competition's weighted log loss as a training loss, from logits (docs/score.md).
-
-    ``(sum_i sum_k w_k BCE_ik + sum_i sum_j w q_i BCE_ij) / (sum_i sum_k w_k + sum_i n_i w q_i)``
-    over the batch, q_i the share of positive images of series i, padding excluded: images of
-    negative series weigh nothing, and a batch of negative series carries only its exam terms.
-    """
-    dtype = torch.promote_types(image_logits.dtype, torch.float32)
-    mask = slice_mask(lengths, image_logits.shape[1], device=image_logits.device)
-    img_y = torch.where(mask, image_labels.to(dtype), 0)
-    q = img_y.sum(1) / mask.sum(1).clamp(min=1)
-    w_img = IMAGE_WEIGHT * q[:, None] * mask
-    img_bce = F.binary_cross_entropy_with_logits(image_logits.to(dtype), img_y, reduction="none")
-    w_exam = torch.tensor(_EXAM_W, dtype=dtype, device=exam_logits.device)
-    exam_bce = F.binary_cross_entropy_with_logits(exam_logits.to(dtype), exam_labels.to(dtype), reduction="none")
-    num = (exam_bce * w_exam).sum() + torch.where(mask, img_bce * w_img, 0).sum()
-    return num / (w_exam.sum() * len(exam_logits) + w_img.sum())
