@@ -10,12 +10,13 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rsna_pe import paths, provenance  # noqa: E402
-from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
-from rsna_pe.images import conversion_params  # noqa: E402
-from rsna_pe.labels import LABELS  # noqa: E402
-from rsna_pe.networks import build_network, output_labels  # noqa: E402
-from rsna_pe.run_records import decisive_config  # noqa: E402
+from rsna_pe.core import paths
+from rsna_pe.core.config import CONFIG_DIR, load_config
+from rsna_pe.core.labels import LABELS
+from rsna_pe.data.images import conversion_params
+from rsna_pe.models.networks import build_network, output_labels
+from rsna_pe.records import provenance
+from rsna_pe.train.run_records import decisive_config
 
 
 def add_model_args(p):
@@ -87,7 +88,8 @@ def fake_test_set(root, n_studies, slices, size):
     """Synthetic test DICOM studies of ``slices`` slices each (uncompressed, ``size`` matrix):
     (studies sorted, {study: series folder}, {study: [SOP ids]})."""
     import pandas as pd
-    from rsna_pe.ensemble import series_dirs
+
+    from rsna_pe.infer.ensemble import series_dirs
     from rsna_pe.synthetic import generate
 
     generate(Path(root), n_train=0, n_test=n_studies, slices=(slices, slices), matrix=size,

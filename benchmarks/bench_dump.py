@@ -23,16 +23,15 @@ from pathlib import Path
 import cv2
 import numpy as np
 import torch
-
-from _common import CONFIG_DIR, add_model_args, fake_runs, paths, sync
 from ceiling import forward_rate, report
 
 import dump_embeddings  # noqa: E402  (src/ is on the path via _common)
-from rsna_pe.checkpoint import load_trained  # noqa: E402
-from rsna_pe import provenance  # noqa: E402
-from rsna_pe.runtime import pick_device  # noqa: E402
-from rsna_pe.images import NPZ_FORMAT, jpeg_params, read_npz_images  # noqa: E402
-from rsna_pe.io import atomic_savez  # noqa: E402
+from _common import CONFIG_DIR, add_model_args, fake_runs, paths, sync
+from rsna_pe.core.io import atomic_savez
+from rsna_pe.core.runtime import pick_device
+from rsna_pe.data.images import NPZ_FORMAT, jpeg_params, read_npz_images
+from rsna_pe.records import provenance
+from rsna_pe.train.checkpoint import load_trained
 
 
 def write_npz(root, size, n_series, n_slices):

@@ -23,16 +23,15 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
-from _common import add_model_args, fake_pairs, fake_test_set, sync
 from ceiling import forward_rate, report
 
+from _common import add_model_args, fake_pairs, fake_test_set, sync
 from inference import predict_all  # noqa: E402
-from rsna_pe.checkpoint import load_trained  # noqa: E402
-from rsna_pe.dicom import read_series_images  # noqa: E402
-from rsna_pe.runtime import pick_device  # noqa: E402
+from rsna_pe.core.runtime import pick_device
+from rsna_pe.data.dicom import read_series_images
+from rsna_pe.infer.ensemble import Ensemble
 from rsna_pe.metric import postprocess  # noqa: E402
-from rsna_pe.ensemble import Ensemble  # noqa: E402
+from rsna_pe.train.checkpoint import load_trained
 
 
 @torch.inference_mode()

@@ -24,8 +24,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
 
-from rsna_pe import paths  # noqa: E402
-from rsna_pe.images import read_npz_images  # noqa: E402
+from rsna_pe.core import paths
+from rsna_pe.data.images import read_npz_images
 
 REAL_SLICES = 1_790_594  # the competition's training images (7,279 studies)
 
@@ -62,7 +62,7 @@ def load_rate(files, net_size, repeat):
     cv2.setNumThreads(1)
     resize = None
     if net_size:
-        from rsna_pe.embed import resize_stack  # stage 5's own resize
+        from rsna_pe.infer.embed import resize_stack
         resize = resize_stack
     cpu = wall = 0.0
     for _ in range(repeat):

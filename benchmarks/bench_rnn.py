@@ -18,8 +18,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 from _common import sync  # noqa: E402
-from rsna_pe.head import RNNHead  # noqa: E402
-from rsna_pe.losses import head_bce_loss  # noqa: E402
+from rsna_pe.models.head import RNNHead
+from rsna_pe.models.losses import head_bce_loss
 
 
 class PaddedHead(RNNHead):

@@ -27,18 +27,17 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
-from _common import time_calls  # noqa: E402
-from ceiling import MODEL, report, train_rate  # noqa: E402
-
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from ceiling import MODEL, report, train_rate  # noqa: E402
 
-from rsna_pe.cnn import build_cnn  # noqa: E402
-from rsna_pe.config import CONFIG_DIR, load_config  # noqa: E402
-from rsna_pe.loaders import worker_init  # noqa: E402
-from rsna_pe.runtime import resolve_compile  # noqa: E402
-from rsna_pe.slice_data import SliceDataset, build_train_transform, load_slice  # noqa: E402
+from _common import time_calls  # noqa: E402
+from rsna_pe.core.config import CONFIG_DIR, load_config
+from rsna_pe.core.runtime import resolve_compile
+from rsna_pe.data.slice_data import SliceDataset, build_train_transform, load_slice
+from rsna_pe.models.cnn import build_cnn
+from rsna_pe.train.loaders import worker_init
 
 
 # ----------------------------------------------------------------------------- (a) steps

@@ -16,8 +16,8 @@ import sys
 import torch
 
 from _common import time_calls  # noqa: E402  (puts src/ on the path)
-from rsna_pe.cnn import build_cnn  # noqa: E402
-from rsna_pe.runtime import amp_settings, pick_device  # noqa: E402
+from rsna_pe.core.runtime import amp_settings, pick_device
+from rsna_pe.models.cnn import build_cnn
 
 # The recipe's CNN, randomly initialised (no download).
 MODEL = dict(backbone="rexnet_200", pretrained=False, pool="gem", gem_p=3.0, gem_eps=1e-6,

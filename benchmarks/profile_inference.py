@@ -18,10 +18,9 @@ from pathlib import Path
 from torch.profiler import ProfilerActivity, profile
 
 from _common import fake_pairs, fake_test_set, sync
-
 from inference import predict_all  # noqa: E402
-from rsna_pe.ensemble import Ensemble  # noqa: E402
-from rsna_pe.runtime import pick_device  # noqa: E402
+from rsna_pe.core.runtime import pick_device
+from rsna_pe.infer.ensemble import Ensemble
 
 
 def profile_loop(ens, studies, dirs, expected, workers, out_dir, top=15):

@@ -15,8 +15,8 @@ from matplotlib.patches import FancyArrowPatch, FancyBboxPatch  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
-from rsna_pe.labels import EXAM_LABELS  # noqa: E402
-from rsna_pe.windows import WINDOWS  # noqa: E402
+from rsna_pe.core.labels import EXAM_LABELS
+from rsna_pe.data.windows import WINDOWS
 
 # Fill and edge colour per kind of step.
 COLORS = {

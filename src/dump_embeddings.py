@@ -7,10 +7,10 @@ from the checkpoint's own config and writes ``dump/v1/<run>/fold_<k>/<study>/<se
 (``embeddings`` float32 (S, 2560): the CNN's ``embedding``, 2560 + 1 + K wide with
 ``model.exam_targets.in_embedding``; ``labels``, ``sop``) and ``record.json`` (the checkpoint's
 content hash, the input size and kind, the label order of ``labels``, the npz set's record).
-The input is built as the checkpoint's config says (rsna_pe.model_input). A rerun with
+The input is built as the checkpoint's config says (rsna_pe.data.model_input). A rerun with
 the same record skips finished series; after the checkpoint or the npz set changed it stops
 until ``overwrite=true`` redoes the dump. Under torchrun each rank takes its share of the series.
-A study or series id of the fold csv that is not a safe file name (rsna_pe.ids) stops it in
+A study or series id of the fold csv that is not a safe file name (rsna_pe.core.ids) stops it in
 one line naming the series, before anything is read or written.
 """
 import logging
@@ -20,15 +20,16 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, paths, provenance, runtime
-from rsna_pe.checkpoint import find_checkpoint, load_trained
-from rsna_pe.config import save_config
-from rsna_pe.embed import Embedder
-from rsna_pe.errors import InputFileError, PipelineError
-from rsna_pe.images import read_npz_images
-from rsna_pe.inference_records import dump_record
-from rsna_pe.io import atomic_savez, has_outputs, read_csv
-from rsna_pe.model_input import input_kind, model_input
+from rsna_pe.core import cli, paths, runtime
+from rsna_pe.core.config import save_config
+from rsna_pe.core.errors import InputFileError, PipelineError
+from rsna_pe.core.io import atomic_savez, has_outputs, read_csv
+from rsna_pe.data.images import read_npz_images
+from rsna_pe.data.model_input import input_kind, model_input
+from rsna_pe.infer.embed import Embedder
+from rsna_pe.infer.inference_records import dump_record
+from rsna_pe.records import provenance
+from rsna_pe.train.checkpoint import find_checkpoint, load_trained
 
 log = logging.getLogger("dump_embeddings")
 
@@ -109,7 +110,7 @@ def _dump(cfg, run, fold, ckpt, d):
 
 def _embed_all(embedder, items):
     """Embed and save every loaded series; on a GPU consecutive series share one pass
-    (``embedder.group`` slices, rsna_pe.embed), each series' embeddings still saved on their own,
+    (``embedder.group`` slices, rsna_pe.infer.embed), each series' embeddings still saved on their own,
     and a pass's files are written while the GPU runs the next one. Returns the load errors."""
     errors, batch, pending = [], [], []
 

@@ -14,10 +14,10 @@ import numpy as np
 import pandas as pd
 
 from rsna_pe import metric
-from rsna_pe.cli import run
-from rsna_pe.errors import PipelineError
-from rsna_pe.io import atomic_write_text, read_csv
-from rsna_pe.labels import LABELS
+from rsna_pe.core.cli import run
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.io import atomic_write_text, read_csv
+from rsna_pe.core.labels import LABELS
 
 
 def read_labels(path):

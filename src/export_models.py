@@ -10,8 +10,9 @@ run the same ensemble from the bundle alone.
 """
 from pathlib import Path
 
-from rsna_pe import bundle, cli
-from rsna_pe.pairs import resolve_pairs
+from rsna_pe.core import cli
+from rsna_pe.infer import bundle
+from rsna_pe.infer.pairs import resolve_pairs
 
 
 def main(argv=None):

@@ -7,7 +7,7 @@ or from a model bundle (``bundle=DIR``, see docs/bundle.md); writes ``<output_di
 (validated: every id once, labels in [0, 1], every consistency rule; a submission that fails is
 not written), ``errors.csv`` and ``record.json`` (every pair's checkpoint hashes, the settings
 that change predictions). One study fails alone: whatever goes wrong while reading or
-predicting it (ids that are not safe file names, rsna_pe.ids; a broken header; files of more
+predicting it (ids that are not safe file names, rsna_pe.core.ids; a broken header; files of more
 than one series; slices that differ from the csv; a model error or a non-finite output), it
 gets the label prior, made consistent, so that the submission stays complete and valid, and
 is listed with a one-line reason in errors.csv and the log. The command then warns and exits 0
@@ -23,14 +23,15 @@ import pandas as pd
 import torch
 from tqdm import tqdm
 
-from rsna_pe import cli, ids, paths, provenance, runtime
-from rsna_pe.config import save_config
-from rsna_pe.ensemble import StudyReader, load_ensemble
-from rsna_pe.errors import PipelineError
-from rsna_pe.inference_records import submission_record
-from rsna_pe.io import atomic_to_csv, has_outputs, read_csv
-from rsna_pe.labels import ID_COLUMNS, study_series
+from rsna_pe.core import cli, ids, paths, runtime
+from rsna_pe.core.config import save_config
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.io import atomic_to_csv, has_outputs, read_csv
+from rsna_pe.core.labels import ID_COLUMNS, study_series
+from rsna_pe.infer.ensemble import StudyReader, load_ensemble
+from rsna_pe.infer.inference_records import submission_record
 from rsna_pe.metric import to_submission, validate_submission
+from rsna_pe.records import provenance
 
 log = logging.getLogger("inference")
 
@@ -66,7 +67,7 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
     """{study: (sops, exam (9,), image (S,))} and [(study, reason)] for studies read from disk;
     a study that fails (reading or predicting) gets the label prior (``with_prior``).
     Workers decode the next studies while the models run; on a GPU consecutive studies go
-    through the models together (``ens.group`` slices at a time, rsna_pe.embed)."""
+    through the models together (``ens.group`` slices at a time, rsna_pe.infer.embed)."""
     cuda = ens.device.type == "cuda"
     loader = torch.utils.data.DataLoader(StudyReader(studies, dirs, ens.read), batch_size=None,
                                          num_workers=num_workers, pin_memory=cuda,
@@ -98,7 +99,7 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
 
 def with_prior(ens, failed, expected, results, errors):
     """Each failed study [(study, reason)]: logged, listed in ``errors`` with its reason on one
-    line, and predicted as the label prior (rsna_pe.ensemble.Ensemble.prior_prediction)."""
+    line, and predicted as the label prior (rsna_pe.infer.ensemble.Ensemble.prior_prediction)."""
     for study, reason in failed:
         reason = " ".join(str(reason).split())
         log.warning("study %s: %s; using the label prior", study, reason)

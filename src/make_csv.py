@@ -9,20 +9,21 @@ any shard's errors.shard-K-of-N.csv), else this stops naming the missing ones. F
 assigned on every study; failed series are dropped afterwards with a warning; a series with
 finished JPEGs is never dropped, whatever an old log says. The dropped series are part of the
 record, so after stage 1 converts one of them a rerun asks for overwrite=true. A series whose
-ids are not safe file names (rsna_pe.ids) is never looked up on disk: stage 1 logged it.
+ids are not safe file names (rsna_pe.core.ids) is never looked up on disk: stage 1 logged it.
 """
 import logging
 from pathlib import Path
 
 import pandas as pd
 
-from rsna_pe import cli, paths, provenance, shards
-from rsna_pe.config import save_config
-from rsna_pe.errors import PipelineError
-from rsna_pe.folds import assign_folds
-from rsna_pe.images import finished_rows
-from rsna_pe.io import atomic_to_csv, read_csv
-from rsna_pe.labels import ID_COLUMNS, TRAIN_COLUMNS
+from rsna_pe.core import cli, paths
+from rsna_pe.core.config import save_config
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.io import atomic_to_csv, read_csv
+from rsna_pe.core.labels import ID_COLUMNS, TRAIN_COLUMNS
+from rsna_pe.data.folds import assign_folds
+from rsna_pe.data.images import finished_rows
+from rsna_pe.records import provenance, shards
 
 log = logging.getLogger("make_csv")
 IDS = dict.fromkeys(ID_COLUMNS, str)

@@ -6,13 +6,13 @@ Reads ``<data_dir>/<split>.csv`` and ``<data_dir>/<split>/<study>/<series>/*.dcm
 ``<data_dir>/<split>-jpegs-<jpeg_size>/<study>/<series>/<zzzz>_<SOP>.jpg`` with the series' own
 ``manifest.json``, then the set's ``manifest.csv`` (every slice: ids, z_pos_order, z) built from
 those, and ``errors.csv`` (series that failed; the command then exits non-zero). A shard writes
-``manifest.shard-K-of-N.csv`` and ``errors.shard-K-of-N.csv`` for its series (rsna_pe.shards).
+``manifest.shard-K-of-N.csv`` and ``errors.shard-K-of-N.csv`` for its series (rsna_pe.records.shards).
 With ``jpeg_crop=lung`` (experiment.yml) every series is cut to its lungs' square box first
-(rsna_pe.lungcrop) into ``<split>-jpegs-<jpeg_size>-lungcrop``; each series' manifest keeps its
+(rsna_pe.data.lungcrop) into ``<split>-jpegs-<jpeg_size>-lungcrop``; each series' manifest keeps its
 box and ``boxes.csv`` (a shard: ``boxes.shard-K-of-N.csv``) lists them all.
 An image is named by its header's SOPInstanceUID (by its position in the series when the header
 has none: never by the file's name); a series whose file names differ gets one warning.
-Ids become file and folder names only if they are safe names (rsna_pe.ids): a series with
+Ids become file and folder names only if they are safe names (rsna_pe.core.ids): a series with
 another study, series or SOP id, like one with a broken header or files of several series, is
 listed in errors.csv and the rest are converted. Nothing outside the JPEG set is replaced.
 Reruns: finished series are kept, others (new, failed, killed, made with other settings) done;
@@ -22,13 +22,20 @@ import functools
 import logging
 from pathlib import Path
 
-from rsna_pe import cli, paths, provenance, shards
-from rsna_pe.config import save_config
-from rsna_pe.errors import PipelineError
-from rsna_pe.images import (conversion_params, convert_series, finished_boxes, finished_key, finished_rows,
-                            has_unknown_series)
-from rsna_pe.io import atomic_to_csv, read_csv
-from rsna_pe.parallel import SeriesFailures, run_series
+from rsna_pe.core import cli, paths
+from rsna_pe.core.config import save_config
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.io import atomic_to_csv, read_csv
+from rsna_pe.core.parallel import SeriesFailures, run_series
+from rsna_pe.data.images import (
+    conversion_params,
+    convert_series,
+    finished_boxes,
+    finished_key,
+    finished_rows,
+    has_unknown_series,
+)
+from rsna_pe.records import provenance, shards
 
 log = logging.getLogger("make_image")
 KEY = ["StudyInstanceUID", "SeriesInstanceUID"]

@@ -3,13 +3,13 @@
     python src/make_npz.py [-c configs/make_npz.yml] [key=value ...] [shard=K/N|auto]
 
 Writes ``<data_dir>/npz/train-jpegs-<jpeg_size>/<study>/<series>.npz`` with the series' JPEG
-files as they are (``jpeg``, ``jpeg_offsets``, ``format``; see rsna_pe.images), ``labels``
+files as they are (``jpeg``, ``jpeg_offsets``, ``format``; see rsna_pe.data.images), ``labels``
 float32 (S, 10) in LABELS order, ``sop`` (S,) and ``record`` (the digest of the npz set's
 record it was made under). A series with a missing or corrupt JPEG is logged to ``errors.csv``
 (a shard: ``errors.shard-K-of-N.csv``) and the command exits non-zero after packing every
 other series. Reruns: finished files are kept, others (new, failed, killed, made under another
 record) packed; an unchanged rerun writes nothing; new inputs or settings stop with an error
-unless overwrite=true. Ids become file names only if they are safe names (rsna_pe.ids): a series
+unless overwrite=true. Ids become file names only if they are safe names (rsna_pe.core.ids): a series
 with another is logged to errors.csv like a corrupt one.
 """
 import functools
@@ -19,12 +19,13 @@ from pathlib import Path
 
 import numpy as np
 
-from rsna_pe import cli, ids, paths, provenance, shards
-from rsna_pe.config import save_config
-from rsna_pe.images import NPZ_FORMAT, jpeg_name, pack_jpeg_files
-from rsna_pe.io import atomic_savez, read_csv
-from rsna_pe.labels import ID_COLUMNS, LABELS
-from rsna_pe.parallel import run_series
+from rsna_pe.core import cli, ids, paths
+from rsna_pe.core.config import save_config
+from rsna_pe.core.io import atomic_savez, read_csv
+from rsna_pe.core.labels import ID_COLUMNS, LABELS
+from rsna_pe.core.parallel import run_series
+from rsna_pe.data.images import NPZ_FORMAT, jpeg_name, pack_jpeg_files
+from rsna_pe.records import provenance, shards
 
 log = logging.getLogger("make_npz")
 

@@ -11,7 +11,7 @@ shift options image the same studies as another site's scanner would (default: n
 import argparse
 import time
 
-from rsna_pe.cli import run
+from rsna_pe.core.cli import run
 from rsna_pe.synthetic import ScannerShift, generate
 
 

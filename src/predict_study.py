@@ -11,7 +11,7 @@ For a split folder it writes those per study in ``<out>/<name>/`` and ``<out>/in
 studies sorted by P(PE); ``<name>`` is the study's StudyInstanceUID where that is a safe, unique
 folder name, else ``study-<k>`` (never the input folder's name: it may hold a patient's name).
 A study that fails, for whatever reason, is listed in the index and the others go on.
-Activation maps (Grad-CAM, rsna_pe.cam) are made for the ``--cam-top-k`` most probable slices,
+Activation maps (Grad-CAM, rsna_pe.viz.cam) are made for the ``--cam-top-k`` most probable slices,
 or all with ``--cam-all``.
 """
 import logging
@@ -21,17 +21,17 @@ from pathlib import Path
 
 import numpy as np
 
-from rsna_pe import cli
-from rsna_pe.cam import ensemble_cam, pick_slices
-from rsna_pe.dicom import hex_uids_accepted, read_dataset, series_files, study_series_uids
-from rsna_pe.ensemble import load_ensemble
-from rsna_pe.errors import PipelineError
-from rsna_pe.ids import is_safe
-from rsna_pe.io import atomic_write_json
-from rsna_pe.labels import EXAM_LABELS
-from rsna_pe.report import draw_report
-from rsna_pe.runtime import pick_device
-from rsna_pe.viewer import PREVIEW_SIZE, viewer_data, write_index, write_viewer
+from rsna_pe.core import cli
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.ids import is_safe
+from rsna_pe.core.io import atomic_write_json
+from rsna_pe.core.labels import EXAM_LABELS
+from rsna_pe.core.runtime import pick_device
+from rsna_pe.data.dicom import hex_uids_accepted, read_dataset, series_files, study_series_uids
+from rsna_pe.infer.ensemble import load_ensemble
+from rsna_pe.viz.cam import ensemble_cam, pick_slices
+from rsna_pe.viz.report import draw_report
+from rsna_pe.viz.viewer import PREVIEW_SIZE, viewer_data, write_index, write_viewer
 
 log = logging.getLogger("predict_study")
 
@@ -51,7 +51,7 @@ def split_series(folder):
 
 
 def _header_study_uid(series_dir):
-    """The StudyInstanceUID in the series' first file if it is a safe folder name (rsna_pe.ids),
+    """The StudyInstanceUID in the series' first file if it is a safe folder name (rsna_pe.core.ids),
     else None."""
     try:
         with hex_uids_accepted():

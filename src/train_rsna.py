@@ -8,8 +8,8 @@ checkpoint: settings, input records, label order of the outputs, versions). Reru
 an unfinished run and does nothing for a finished one; a run made from other inputs or
 settings stops with a one-line error until ``overwrite=true`` trains it again from scratch.
 """
-from rsna_pe.cli import parse, run
-from rsna_pe.trainer import train
+from rsna_pe.core.cli import parse, run
+from rsna_pe.train.engine import train
 
 
 def main(argv=None):

@@ -14,8 +14,8 @@ subgroups, calibration.png and calibration.json with --calibrate-split).
 import argparse
 import sys
 
-from rsna_pe.cli import run
-from rsna_pe.io import atomic_to_csv
+from rsna_pe.core.cli import run
+from rsna_pe.core.io import atomic_to_csv
 from rsna_pe.validation import acquisition, calibration, site, thresholds
 from rsna_pe.validation.report import f3, with_ci
 

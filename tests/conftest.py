@@ -6,9 +6,9 @@ import shutil
 import pytest
 import torch
 
-from prep_data import STAGES, run_inline, write_dataset
-from rsna_pe.config import REPO_ROOT
-from workspace import build
+from rsna_pe.core.config import REPO_ROOT
+from support.prep_data import STAGES, run_inline, write_dataset
+from support.workspace import build
 
 
 @pytest.fixture(scope="session")

@@ -7,11 +7,12 @@ import sys
 import pytest
 import torch
 
-from rsna_pe.config import REPO_ROOT
+from rsna_pe.core.config import REPO_ROOT
 
 sys.path.insert(0, str(REPO_ROOT / "benchmarks"))
 import ceiling  # noqa: E402
 import profile_inference  # noqa: E402
+
 from _common import fake_pairs, fake_test_set  # noqa: E402
 
 CPU = torch.device("cpu")
@@ -28,7 +29,7 @@ def test_ceilings_and_report_line(one_thread, capsys):
 
 
 def test_profiler_trace_of_inference(one_thread, tmp_path):
-    from rsna_pe.ensemble import Ensemble
+    from rsna_pe.infer.ensemble import Ensemble
 
     studies, dirs, expected = fake_test_set(tmp_path / "data", 1, 3, 32)
     ens = Ensemble(fake_pairs(tmp_path / "output", 32, 1), CPU, chunk=2, amp=False)

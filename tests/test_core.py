@@ -8,12 +8,12 @@ import pandas as pd
 import pytest
 from sklearn.model_selection import StratifiedKFold
 
-from rsna_pe.config import load_config
-from rsna_pe.errors import ConfigError, DicomReadError, InputFileError, PipelineError
-from rsna_pe.folds import assign_folds, val_fold_ids
-from rsna_pe.images import jpeg_params, read_jpeg
-from rsna_pe.labels import EXAM_LABELS, LABELS
-from rsna_pe.windows import WINDOWS, hu_to_rgb, window
+from rsna_pe.core.config import load_config
+from rsna_pe.core.errors import ConfigError, DicomReadError, InputFileError, PipelineError
+from rsna_pe.core.labels import EXAM_LABELS, LABELS
+from rsna_pe.data.folds import assign_folds, val_fold_ids
+from rsna_pe.data.images import jpeg_params, read_jpeg
+from rsna_pe.data.windows import WINDOWS, hu_to_rgb, window
 
 
 def test_labels_order():
@@ -87,9 +87,9 @@ def test_error_types_name_what_is_at_fault(tmp_path):
 
 def test_core_modules_import_no_data_module():
     """ids and paths (the core) import nothing from the data layer (the DICOM reader)."""
-    code = "import sys, rsna_pe.paths, rsna_pe.ids; print(*sorted(m for m in sys.modules if m.startswith('rsna_pe.')))"
+    code = "import sys, rsna_pe.core.paths, rsna_pe.core.ids; print(*sorted(m for m in sys.modules if m.startswith('rsna_pe.')))"
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd="src", check=True)
-    assert r.stdout.split() == ["rsna_pe.errors", "rsna_pe.ids", "rsna_pe.paths"]
+    assert r.stdout.split() == ["rsna_pe.core", "rsna_pe.core.errors", "rsna_pe.core.ids", "rsna_pe.core.paths"]
 
 
 def test_unknown_key_exits_with_one_line(tmp_path):
@@ -135,7 +135,7 @@ def _leaf_keys(node, prefix=""):
 def test_help_lists_every_config_key_with_default_and_comment(script, config, capsys):
     import importlib
 
-    from rsna_pe.config import CONFIG_DIR
+    from rsna_pe.core.config import CONFIG_DIR
     path = CONFIG_DIR / (config or f"{script}.yml")
     argv = ["-c", str(path), "-h"] if config else ["-h"]
     with pytest.raises(SystemExit) as e:

@@ -1,6 +1,6 @@
 """Stages 4-7 on a tiny generated data set: npz, embedding dump, inference, predict_study.
 
-The shared workspace (tests/workspace.py) runs the whole chain once; the tests check each
+The shared workspace (tests/support/workspace.py) runs the whole chain once; the tests check each
 stage's outputs against independent computations.
 """
 import json
@@ -14,16 +14,17 @@ import torch
 import dump_embeddings
 import predict_study
 from inference import predict_all
-from rsna_pe import paths
-from rsna_pe.checkpoint import find_checkpoint, load_trained
-from rsna_pe.embed import GROUP_CHUNKS
-from rsna_pe.errors import PipelineError
-from rsna_pe.images import jpeg_name, read_jpeg, read_npz_images
-from rsna_pe.labels import LABELS
+from rsna_pe.core import paths
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.labels import LABELS
+from rsna_pe.data.images import jpeg_name, read_jpeg, read_npz_images
+from rsna_pe.data.model_input import resize_stack
+from rsna_pe.infer.embed import GROUP_CHUNKS
+from rsna_pe.infer.ensemble import Ensemble, series_dirs
 from rsna_pe.metric import consistency_violations, from_submission, validate_submission
-from rsna_pe.model_input import resize_stack
-from rsna_pe.ensemble import Ensemble, series_dirs
-from workspace import DEMO, SIZE, SMALL, infer as _infer
+from rsna_pe.train.checkpoint import find_checkpoint, load_trained
+from support.workspace import DEMO, SIZE, SMALL
+from support.workspace import infer as _infer
 
 
 def test_npz_contents_order_and_labels(ws):

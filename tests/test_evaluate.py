@@ -12,7 +12,7 @@ import pytest
 
 import evaluate
 from rsna_pe import metric
-from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
+from rsna_pe.core.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
 
 SRC = Path(__file__).resolve().parents[1] / "src"
 K = {k: i for i, k in enumerate(EXAM_LABELS)}

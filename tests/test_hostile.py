@@ -31,23 +31,24 @@ import export_models
 import inference
 import predict_study
 import train_rsna
-from prep_data import SIZE, file_bytes, quiet_write_series, run_inline, write_dataset
-from test_viewer import slice_drawn
-from workspace import DEMO, ONE_PAIR
-from rsna_pe import bundle, cli, ids, paths
-from rsna_pe.checkpoint import state_dict
-from rsna_pe.config import CONFIG_DIR, load_config
-from rsna_pe.dicom import SliceInfo, read_series_images, read_series_order, series_files
-from rsna_pe.ensemble import Ensemble
-from rsna_pe.errors import DicomReadError, PipelineError
-from rsna_pe.images import conversion_params, jpeg_name
-from rsna_pe.io import atomic_dir
-from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS, TRAIN_COLUMNS
+from rsna_pe.core import cli, ids, paths
+from rsna_pe.core.config import CONFIG_DIR, load_config
+from rsna_pe.core.errors import DicomReadError, PipelineError
+from rsna_pe.core.io import atomic_dir
+from rsna_pe.core.labels import EXAM_LABELS, IMAGE_LABEL, LABELS, TRAIN_COLUMNS
+from rsna_pe.data.dicom import SliceInfo, read_series_images, read_series_order, series_files
+from rsna_pe.data.images import conversion_params, jpeg_name
+from rsna_pe.infer import bundle
+from rsna_pe.infer.ensemble import Ensemble
+from rsna_pe.infer.pairs import resolve_pairs
 from rsna_pe.metric import postprocess, validate_submission
-from rsna_pe.networks import build_network
-from rsna_pe.pairs import resolve_pairs
-from rsna_pe.report import draw_report
-from rsna_pe.viewer import TEMPLATE, render_index, render_viewer, viewer_data
+from rsna_pe.models.networks import build_network
+from rsna_pe.train.checkpoint import state_dict
+from rsna_pe.viz.report import draw_report
+from rsna_pe.viz.viewer import TEMPLATE, render_index, render_viewer, viewer_data
+from support.browser import slice_drawn
+from support.prep_data import SIZE, file_bytes, quiet_write_series, run_inline, write_dataset
+from support.workspace import DEMO, ONE_PAIR
 
 # -----------------------------------------------------------------------------
 # Ids as paths, header values, one study failing alone in stage 7
@@ -639,7 +640,7 @@ def test_the_logged_and_recorded_hashes_are_of_the_bytes_loaded(b, monkeypatch, 
         return real_load(data)
 
     monkeypatch.setattr(safetensors.torch, "load", swap_files_then_load)
-    with caplog.at_level("INFO", logger="rsna_pe.bundle"):
+    with caplog.at_level("INFO", logger="rsna_pe.infer.bundle"):
         members, prior, sources = bundle.load_bundle(b)
     assert f"manifest sha256 {manifest_sha}" in caplog.text
     assert sources[0]["cnn"] == weights_sha and len(members) == 1 and prior == {k: 0.25 for k in LABELS}

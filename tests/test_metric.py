@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from rsna_pe import metric
-from rsna_pe.errors import PipelineError
-from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
 
 # The competition's weights (docs/score.md), typed out here so a wrong weight or order in the code shows up.
 W = dict(negative_exam_for_pe=0.0736196319, indeterminate=0.09202453988, chronic_pe=0.1042944785,

@@ -8,13 +8,18 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless,
-                         JPEGLosslessSV1, RLELossless)
+from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless, JPEGLosslessSV1, RLELossless
 
 from rsna_pe import synthetic as sy
-from rsna_pe.errors import PipelineError
-from rsna_pe.labels import (EXAM_LABELS, ID_COLUMNS, IMAGE_LABEL, QA_COLUMNS, TRAIN_COLUMNS,
-                            parse_exam_id)
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.labels import (
+    EXAM_LABELS,
+    ID_COLUMNS,
+    IMAGE_LABEL,
+    QA_COLUMNS,
+    TRAIN_COLUMNS,
+    parse_exam_id,
+)
 
 # Small, but with every variant: half the series compressed, half with odd rescale.
 PARAMS = dict(n_train=6, n_test=3, slices=(8, 12), matrix=64, seed=3,

@@ -16,19 +16,20 @@ import pytest
 import torch
 
 import train_rsna
-from cnn_data import DEMO_CFG, SIZE, overrides, run_main, write_data
-from rsna_pe import paths
-from rsna_pe.checkpoint import find_checkpoint, load_trained
-from rsna_pe.cnn import GeM, build_cnn, load_backbone_file
-from rsna_pe.cnn_task import CNNTask
-from rsna_pe.config import CONFIG_DIR, REPO_ROOT, load_config
-from rsna_pe.errors import PipelineError
-from rsna_pe.losses import FocalLoss, build_loss
-from rsna_pe.folds import split_by_fold
-from rsna_pe.optim import build_optimizer, build_scheduler
-from rsna_pe.slice_data import build_train_transform
-from rsna_pe.trainer import Trainer
-from workspace import SUB_ENV
+from rsna_pe.core import paths
+from rsna_pe.core.config import CONFIG_DIR, REPO_ROOT, load_config
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.data.folds import split_by_fold
+from rsna_pe.data.slice_data import build_train_transform
+from rsna_pe.models.cnn import GeM, build_cnn, load_backbone_file
+from rsna_pe.models.losses import FocalLoss, build_loss
+from rsna_pe.train.checkpoint import find_checkpoint, load_trained
+from rsna_pe.train.cnn_task import CNNTask
+from rsna_pe.train.engine import Trainer
+from rsna_pe.train.optim import build_optimizer, build_scheduler
+from support.cnn_data import DEMO_CFG, SIZE, overrides, run_main, write_data
+from support.workspace import SUB_ENV
+
 
 @pytest.fixture(scope="module", autouse=True)
 def _one_thread(one_thread):
@@ -285,9 +286,9 @@ def test_ddp_two_cpu_processes(data, tmp_path):
     script = tmp_path / "ddp_run.py"
     script.write_text(
         "import sys, torch\n"
-        "from rsna_pe import runtime\n"
-        "from rsna_pe.config import load_config\n"
-        "from rsna_pe.trainer import Trainer\n"
+        "from rsna_pe.core import runtime\n"
+        "from rsna_pe.core.config import load_config\n"
+        "from rsna_pe.train.engine import Trainer\n"
         "finish = Trainer._finish\n"
         "def save_then_finish(self):  # before rank 0 swaps in the best weights\n"
         "    torch.save({k: v.detach() for k, v in self.model.named_parameters()},\n"
@@ -383,7 +384,7 @@ def test_wandb_offline_logs_into_the_run_folder(data, tmp_path, monkeypatch):
 def test_cpu_threads_share_the_cores(monkeypatch):
     # cores - loader workers, split over local ranks; RSNA_PE_CORES (JOBS in the wrappers)
     # replaces the machine's core count; an explicit OMP_NUM_THREADS leaves torch alone.
-    from rsna_pe.runtime import set_cpu_threads
+    from rsna_pe.core.runtime import set_cpu_threads
     old = torch.get_num_threads()
     try:
         monkeypatch.delenv("OMP_NUM_THREADS", raising=False)

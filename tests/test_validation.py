@@ -10,8 +10,8 @@ from sklearn.metrics import roc_auc_score
 
 import validate_site
 from rsna_pe import metric, synthetic
-from rsna_pe.errors import PipelineError
-from rsna_pe.labels import EXAM_LABELS, IMAGE_LABEL, TRAIN_COLUMNS
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.labels import EXAM_LABELS, IMAGE_LABEL, TRAIN_COLUMNS
 from rsna_pe.validation import calibration, inputs, metrics, report, subgroups, thresholds
 from rsna_pe.validation.metrics import bootstrap, percentile_interval
 

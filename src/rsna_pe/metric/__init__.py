@@ -9,15 +9,29 @@ Modules: ``scoring`` (weighted log loss, per-label numbers, scoring a submission
 ``consistency`` (the rules), ``postprocessing``, ``submission`` (the ``id,label`` format),
 ``truth`` (ground truth per study, label prior).
 """
-from .consistency import (ACUTE_CHRONIC, CHRONIC, CONSISTENCY_RULES, IND, NEG, RULE_NEG_OTHER,
-                          RULE_NEG_PAIR, RULE_POS_CHRONIC, RULE_POS_INDETERMINATE,
-                          RULE_POS_NEGATIVE, RULE_POS_RV_LV, RULE_POS_SIDE, RV_GTE, RV_LT, SIDES,
-                          THRESHOLD, consistency_violations, is_positive)
+from .consistency import (
+                          ACUTE_CHRONIC,
+                          CHRONIC,
+                          CONSISTENCY_RULES,
+                          IND,
+                          NEG,
+                          RULE_NEG_OTHER,
+                          RULE_NEG_PAIR,
+                          RULE_POS_CHRONIC,
+                          RULE_POS_INDETERMINATE,
+                          RULE_POS_NEGATIVE,
+                          RULE_POS_RV_LV,
+                          RULE_POS_SIDE,
+                          RV_GTE,
+                          RV_LT,
+                          SIDES,
+                          THRESHOLD,
+                          consistency_violations,
+                          is_positive,
+)
 from .postprocessing import HIGH, LOW, postprocess
-from .scoring import (EPS, per_label_log_loss, score_predictions, score_submission,
-                      weighted_log_loss)
-from .submission import (covered_studies, from_submission, prior_submission, to_submission,
-                         validate_submission)
+from .scoring import EPS, per_label_log_loss, score_predictions, score_submission, weighted_log_loss
+from .submission import covered_studies, from_submission, prior_submission, to_submission, validate_submission
 from .truth import StudyLabels, labels_from_train_csv, prior_prediction, subset_labels
 
 __all__ = [

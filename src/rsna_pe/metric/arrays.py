@@ -2,7 +2,7 @@
 ``img_pred``, a list of N 1-D arrays (one per study, slices in z order)."""
 import numpy as np
 
-from ..labels import EXAM_LABELS
+from ..core.labels import EXAM_LABELS
 
 
 def exam_array(a, name):

@@ -1,7 +1,7 @@
 """The competition's consistency rules between a study's exam and image predictions."""
 import numpy as np
 
-from ..labels import EXAM_LABELS
+from ..core.labels import EXAM_LABELS
 from .arrays import exam_array
 
 THRESHOLD = 0.5  # "> 0.5" is a positive call everywhere

@@ -1,8 +1,19 @@
 """The original solution's post-processing: exam predictions made consistent with the rules."""
 import numpy as np
 
-from .consistency import (ACUTE_CHRONIC, CHRONIC, IND, NEG, NEG_OTHERS, RV_GTE, RV_LT, SIDES,
-                          THRESHOLD, check_inputs, is_positive)
+from .consistency import (
+    ACUTE_CHRONIC,
+    CHRONIC,
+    IND,
+    NEG,
+    NEG_OTHERS,
+    RV_GTE,
+    RV_LT,
+    SIDES,
+    THRESHOLD,
+    check_inputs,
+    is_positive,
+)
 
 LOW, HIGH = 0.499, 0.501  # what post-processing moves a value to
 

@@ -3,8 +3,8 @@ import numpy as np
 import pandas as pd
 from sklearn.metrics import roc_auc_score
 
-from ..errors import PipelineError
-from ..labels import EXAM_LABELS, EXAM_WEIGHTS, IMAGE_LABEL, IMAGE_WEIGHT
+from ..core.errors import PipelineError
+from ..core.labels import EXAM_LABELS, EXAM_WEIGHTS, IMAGE_LABEL, IMAGE_WEIGHT
 from .arrays import exam_array, flat
 from .consistency import consistency_violations
 from .submission import extract

@@ -3,8 +3,8 @@ and one row per image (``id`` = SOPInstanceUID); writing, reading back and check
 import numpy as np
 import pandas as pd
 
-from ..errors import PipelineError
-from ..labels import EXAM_LABELS, IMAGE_LABEL, exam_ids
+from ..core.errors import PipelineError
+from ..core.labels import EXAM_LABELS, IMAGE_LABEL, exam_ids
 from .arrays import exam_array, flat, valid
 from .consistency import CONSISTENCY_RULES, is_positive, rule_masks
 from .truth import as_labels

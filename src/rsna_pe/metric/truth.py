@@ -4,8 +4,8 @@ from typing import NamedTuple
 import numpy as np
 import pandas as pd
 
-from ..errors import PipelineError
-from ..labels import EXAM_LABELS, IMAGE_LABEL, LABELS
+from ..core.errors import PipelineError
+from ..core.labels import EXAM_LABELS, IMAGE_LABEL, LABELS
 from .arrays import valid
 
 

@@ -16,12 +16,21 @@ CSVs and DICOM files.
 Public API: :func:`generate` (a whole data set), :func:`write_series` / :func:`write_slice`
 (DICOM with exact, caller-given HU, for reader tests), :func:`encode_frame`.
 """
-from .anatomy import (ARTERY_SCALE, HU_MAX, HU_MIN, LPA_T, PA_HALF, RPA_T, TRUNK_T, Phantom,
-                      phantom, render_series)
+from .anatomy import (
+                      ARTERY_SCALE,
+                      HU_MAX,
+                      HU_MIN,
+                      LPA_T,
+                      PA_HALF,
+                      RPA_T,
+                      TRUNK_T,
+                      Phantom,
+                      phantom,
+                      render_series,
+)
 from .dataset import MANIFEST, OUTPUT_NAMES, VERSION, SyntheticSet, fov_mask, generate
 from .dicom import COMPRESSED_SYNTAXES, RESCALE_VARIANTS, encode_frame, write_series, write_slice
-from .findings import (CENTRAL_SITES, LEFT_SITES, LOBAR_SITES, LOBAR_WEIGHTS, RIGHT_SITES,
-                       SITE_T, Embolus)
+from .findings import CENTRAL_SITES, LEFT_SITES, LOBAR_SITES, LOBAR_WEIGHTS, RIGHT_SITES, SITE_T, Embolus
 from .plan import StudySpec, plan
 from .scanner import ScannerShift
 from .shapes import Canvas, Capsule, Disk

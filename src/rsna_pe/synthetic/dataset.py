@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 import pydicom
 
-from ..errors import PipelineError
-from ..labels import ID_COLUMNS, IMAGE_LABEL, TRAIN_COLUMNS, exam_ids
+from ..core.errors import PipelineError
+from ..core.labels import ID_COLUMNS, IMAGE_LABEL, TRAIN_COLUMNS, exam_ids
 from .anatomy import render_series
 from .dicom import RESCALE_VARIANTS, ids_unchecked, series_header, set_tags, write_dataset
 from .plan import plan, uid
@@ -168,7 +168,7 @@ def _write_csvs(root, train, test):
     """train.csv, test.csv, test_labels.csv and sample_submission.csv."""
     import pandas as pd
 
-    from ..io import atomic_to_csv
+    from ..core.io import atomic_to_csv
     atomic_to_csv(train, root / "train.csv")
     atomic_to_csv(test[list(ID_COLUMNS)], root / "test.csv")
     atomic_to_csv(test, root / "test_labels.csv")
@@ -194,7 +194,7 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
     site's scanner would image them (docs/synthetic.md); None = no shift.
     For tests: ``generate(tmp, 4, 2, slices=(8, 8), matrix=64, workers=1)`` takes about a second.
     """
-    from ..io import atomic_write_text
+    from ..core.io import atomic_write_text
 
     root = Path(out_dir)
     params = dict(n_train=int(n_train), n_test=int(n_test), slices=[int(s) for s in slices],

@@ -8,11 +8,17 @@ import numpy as np
 import pydicom
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.encaps import encapsulate
-from pydicom.uid import (CTImageStorage, ExplicitVRLittleEndian, JPEG2000Lossless,
-                         JPEGLosslessSV1, RLELossless, generate_uid)
+from pydicom.uid import (
+    CTImageStorage,
+    ExplicitVRLittleEndian,
+    JPEG2000Lossless,
+    JPEGLosslessSV1,
+    RLELossless,
+    generate_uid,
+)
 from pydicom.valuerep import format_number_as_ds
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 
 UID_ROOT = "rsna-pe-synthetic"
 COMPRESSED_SYNTAXES = (JPEGLosslessSV1, JPEG2000Lossless, RLELossless)

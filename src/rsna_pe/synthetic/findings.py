@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..labels import EXAM_LABELS, QA_COLUMNS
+from ..core.labels import EXAM_LABELS, QA_COLUMNS
 from .anatomy import LPA_T, PA_HALF, RPA_T
 
 # Where an embolus may sit: t-range per site (main arteries: where the tube is >= 70 % wide).

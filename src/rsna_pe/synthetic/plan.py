@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 import numpy as np
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 from .dicom import COMPRESSION_CYCLE, RESCALE_VARIANTS
 from .findings import assign_cases, draw_emboli, draw_rv_lv, exam_labels, quality
 

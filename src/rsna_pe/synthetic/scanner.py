@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass, fields
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 
 SHARPEN_SIGMA = 0.004  # Gaussian of the unsharp mask, as a share of the matrix (1 px at 256)
 TAG_NAMES = {"manufacturer": "Manufacturer", "model": "ManufacturerModelName", "kvp": "KVP",

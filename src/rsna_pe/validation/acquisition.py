@@ -4,8 +4,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from ..errors import PipelineError
-from ..io import read_csv
+from ..core.errors import PipelineError
+from ..core.io import read_csv
 
 # Field -> DICOM keyword. Stage 7 and predict_study.py are to record these per study (a later step).
 TAGS = {"manufacturer": "Manufacturer", "model": "ManufacturerModelName", "kvp": "KVP",

@@ -12,7 +12,7 @@ cases fits noise.
 """
 import numpy as np
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 from .jsonio import in_folder, number, read_json, write_json
 
 FORMAT, FORMAT_VERSION = "rsna-pe-calibration", 1

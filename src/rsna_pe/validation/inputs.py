@@ -13,9 +13,9 @@ import numpy as np
 import pandas as pd
 
 from .. import metric
-from ..errors import PipelineError
-from ..io import read_csv
-from ..labels import EXAM_LABELS, IMAGE_LABEL, parse_exam_id
+from ..core.errors import PipelineError
+from ..core.io import read_csv
+from ..core.labels import EXAM_LABELS, IMAGE_LABEL, parse_exam_id
 from ..metric.arrays import valid
 from .acquisition import FIELDS as ACQUISITION_FIELDS
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import numpy as np
 
-from ..errors import PipelineError
-from ..io import atomic_write_text
+from ..core.errors import PipelineError
+from ..core.io import atomic_write_text
 
 
 def plain(obj):

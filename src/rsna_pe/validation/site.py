@@ -7,9 +7,9 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import metric
-from ..errors import PipelineError
-from ..io import atomic_path, atomic_write_text, read_csv
-from ..labels import EXAM_LABELS
+from ..core.errors import PipelineError
+from ..core.io import atomic_path, atomic_write_text, read_csv
+from ..core.labels import EXAM_LABELS
 from . import calibration, inputs, plots, report, subgroups, thresholds
 from .acquisition import read_subgroup_csv
 from .jsonio import number, write_json

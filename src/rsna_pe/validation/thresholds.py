@@ -9,7 +9,7 @@ import math
 
 import numpy as np
 
-from ..errors import PipelineError
+from ..core.errors import PipelineError
 from . import inputs
 from .jsonio import in_folder, number, read_json, write_json
 

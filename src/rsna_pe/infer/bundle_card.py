@@ -1,0 +1,92 @@
+"""MODEL_CARD.md of a model bundle: what the models are, what they were trained on and under
+which terms, how well they did in cross-validation, with which software, and their limits."""
+import platform
+from pathlib import Path
+
+from ..core.labels import EXAM_LABELS, IMAGE_LABEL
+from ..records.provenance import git_commit, package_versions
+
+PACKAGES = ("torch", "timm", "safetensors", "numpy", "pydicom", "opencv-python-headless", "captum")
+CITATION = ("Colak E, Kitamura FC, Hobbs SB, et al. The RSNA Pulmonary Embolism CT Dataset. "
+            "Radiology: Artificial Intelligence 2021;3(2):e200254. doi:10.1148/ryai.2021200254")
+
+_RSNA_DATA = f"""The RSNA-STR Pulmonary Embolism CT (RSPECT) data set of the RSNA STR Pulmonary
+Embolism Detection challenge (Kaggle, 2020): CT pulmonary angiograms annotated per image and per
+exam by thoracic radiologists.
+
+**Terms.** The data may be used for non-commercial research and education only, under the
+terms of RSNA and the challenge; works that use it, models trained on it included, must cite
+it. Weights trained on it carry those terms: check them before any other use.
+
+Cite: {CITATION}"""
+
+_SYNTHETIC_DATA = """Synthetic CT-like series made by `src/make_synthetic_data.py` (found
+`synthetic.json` in the training data folder). These weights show that the pipeline works; they
+have never seen a real CT and say nothing about real patients. The RSNA-STR PE CT data that the
+full recipe trains on is for non-commercial research only and must be cited:
+""" + CITATION
+
+_USE = """- Intended use: research on automated pulmonary-embolism detection in CT pulmonary
+  angiograms; reproducing and extending the RSNA STR PE challenge's 4th-place approach.
+- Not a medical device, not validated for clinical use; no diagnosis or treatment decision may
+  rest on its outputs.
+- Limits: trained on one challenge's data (scanners, protocols and population of its sites);
+  expects one axial CTPA series per study, slices ordered by ImagePositionPatient z; outputs
+  are calibrated only as far as the training data's label frequencies allow; exam labels are
+  post-processed to satisfy the challenge's consistency rules, which can hide disagreement
+  between the models."""
+
+
+def _training_data(models):
+    """Synthetic if any head's training data folder (relative to here) holds synthetic.json."""
+    dirs = {m["config"].get("dataset", {}).get("data_dir") for m in models.values() if m["kind"] == "rnn"}
+    if any(d and (Path(d) / "synthetic.json").is_file() for d in dirs):
+        return _SYNTHETIC_DATA
+    return _RSNA_DATA
+
+
+def _cv_table(models, pairs):
+    rows = ["| CNN | head | fold | studies | images | score | post-processed |",
+            "|---|---|---|---|---|---|---|"]
+    for p in pairs:
+        cv = models[p["rnn"]].get("cv") or {}
+        fmt = lambda k: f"{cv[k]:.4f}" if isinstance(cv.get(k), (int, float)) else "n/a"  # noqa: E731
+        rows.append(f"| {p['cnn']} | {p['rnn']} | {cv.get('fold', 'n/a')} | {cv.get('studies', 'n/a')} | "
+                    f"{cv.get('images', 'n/a')} | {fmt('score')} | {fmt('score_postprocessed')} |")
+    return "\n".join(rows)
+
+
+def _models_section(models, pairs):
+    first = models[pairs[0]["cnn"]]
+    mcfg, inp = first["config"].get("model", {}), first["input"]
+    return (f"{len(pairs)} pairs of a slice CNN (timm `{mcfg.get('backbone')}`, {mcfg.get('pool', 'gem')} "
+            f"pooling, input {inp['size']} px, R, G, B = {', '.join(inp['channels'])}) and an "
+            f"LSTM head over the CNN's per-slice embeddings. Outputs: `{IMAGE_LABEL}` per slice and "
+            f"nine exam labels ({', '.join(EXAM_LABELS)}); the pairs' probabilities are averaged "
+            "and made consistent by the challenge's rules (post-processing "
+            f"`{models[pairs[0]['rnn']]['postprocess']}`).")
+
+
+def model_card(models, pairs, prior, inference_cfg=None):
+    versions = package_versions(PACKAGES)
+    lines = [
+        "# Model card: RSNA STR pulmonary embolism CNN + LSTM ensemble", "",
+        "## Models", "", _models_section(models, pairs), "",
+        "## Training data", "", _training_data(models), "",
+        "## Cross-validation (weighted log loss, lower is better)", "",
+        "Each head's out-of-fold score on its validation folds, from its run's scores.json.", "",
+        _cv_table(models, pairs), "",
+        "## Label prior (used for studies that cannot be read)", "",
+        ", ".join(f"{k} {v:.4f}" for k, v in prior["mean"].items()), "",
+        "## Intended use and limits", "", _USE, "",
+        "## Software", "",
+        f"Python {platform.python_version()}; " + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+        + f"; code commit {git_commit() or 'unknown'}.", "",
+        "## Files", "",
+        "`manifest.json` lists every file with its sha256 and the format version; loading checks "
+        "them all (see docs/bundle.md).",
+    ]
+    if inference_cfg:
+        lines += ["", f"Exported with tta_flip={inference_cfg.get('tta_flip')}, "
+                      f"amp={inference_cfg.get('amp')} (set at load time, not stored in the weights)."]
+    return "\n".join(lines) + "\n"

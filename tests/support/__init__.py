@@ -1,0 +1,1 @@
+"""Helpers the test files share: data sets, workspaces, stand-ins, browser checks."""
