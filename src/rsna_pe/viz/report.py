@@ -35,6 +35,8 @@ def _overlay(ax, grey, cam, label):
 def draw_report(path, img_prob, exam_prob, previews, cams=None, title=""):
     """``previews`` uint8 (S, 3, s, s) in WINDOWS order; ``cams`` {slice index: map (s, s)};
     ``title`` is shown as plain text."""
+    # Lazy: matplotlib is heavy and only the report draws; the Agg backend must be chosen before
+    # pyplot is imported (no display on a server).
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
