@@ -5,8 +5,10 @@
 Reads ``<data_dir>/<split>.csv`` and its DICOM series, and the models from their run folders
 or from a model bundle (``bundle=DIR``, see docs/bundle.md); writes ``<output_dir>/submission.csv``
 (validated: every id once, labels in [0, 1], every consistency rule; a submission that fails is
-not written), ``errors.csv`` and ``record.json`` (every pair's checkpoint hashes, the settings
-that change predictions). One study fails alone: whatever goes wrong while reading or
+not written), ``errors.csv``, ``acquisition.csv`` (per study its scanner fields, read from a
+header the models' input is read from anyway: a subgroup csv for validate_site.py) and
+``record.json`` (every pair's checkpoint hashes, the settings that change predictions, and the
+calibration a bundle carries, applied after post-processing: rsna_pe.infer.calibration). One study fails alone: whatever goes wrong while reading or
 predicting it (ids that are not safe file names, rsna_pe.core.ids; a broken header; files of more
 than one series; slices that differ from the csv; a model error or a non-finite output), it
 gets the label prior, made consistent, so that the submission stays complete and valid, and
@@ -28,6 +30,7 @@ from rsna_pe.core.config import save_config
 from rsna_pe.core.errors import PipelineError
 from rsna_pe.core.io import atomic_to_csv, has_outputs, read_csv
 from rsna_pe.core.labels import ID_COLUMNS, study_series
+from rsna_pe.data.acquisition import fields_table
 from rsna_pe.infer.ensemble import StudyReader, load_ensemble
 from rsna_pe.infer.inference_records import submission_record
 from rsna_pe.metric import to_submission, validate_submission
@@ -63,9 +66,10 @@ def predict_batch(ens, batch):
     return [p if all(np.isfinite(x).all() for x in p) else "the models' output is not finite" for p in preds]
 
 
-def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
+def predict_all(ens, studies, dirs, expected, num_workers, rank=0, acquisition=None):
     """{study: (sops, exam (9,), image (S,))} and [(study, reason)] for studies read from disk;
-    a study that fails (reading or predicting) gets the label prior (``with_prior``).
+    a study that fails (reading or predicting) gets the label prior (``with_prior``). Each read
+    study's scanner fields go into ``acquisition`` {study: fields}, if given.
     Workers decode the next studies while the models run; on a GPU consecutive studies go
     through the models together (``ens.group`` slices at a time, rsna_pe.infer.embed)."""
     cuda = ens.device.type == "cuda"
@@ -84,6 +88,8 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0):
 
     for item in tqdm(loader, desc="inference", unit="study", disable=rank > 0):
         study, err = item["study"], item["error"]
+        if acquisition is not None:
+            acquisition[study] = item["acquisition"]
         if err is None and sorted(item["sops"]) != sorted(expected[study]):
             err = f"{dirs[study]}: its slices' SOPInstanceUIDs do not match the csv"
         if err:
@@ -107,7 +113,7 @@ def with_prior(ens, failed, expected, results, errors):
         results[study] = (expected[study], *ens.prior_prediction(len(expected[study])))
 
 
-OUTPUTS = ("submission.csv", "errors.csv", "config.yaml")
+OUTPUTS = ("submission.csv", "errors.csv", "config.yaml", "acquisition.csv")
 
 
 def _set_aside(out):
@@ -118,12 +124,13 @@ def _set_aside(out):
         (out / name).unlink(missing_ok=True)
 
 
-def _up_to_date(cfg, sources, ids_csv, out):
+def _up_to_date(cfg, sources, ids_csv, out, calibration=None):
     """The rerun rule (rank 0): True when a submission of this very record exists."""
-    record = submission_record(cfg, sources, ids_csv)
+    record = submission_record(cfg, sources, ids_csv, calibration)
     keep = provenance.guard(out, record, has_outputs(out, OUTPUTS), cfg["overwrite"], "submission",
                             clear=lambda: _set_aside(out))
-    return keep and (out / "submission.csv").is_file()
+    # a submission without its acquisition.csv is redone (same record: nothing cleared first)
+    return keep and all((out / name).is_file() for name in ("submission.csv", "acquisition.csv"))
 
 
 def _not_written(out, why):
@@ -157,17 +164,20 @@ def _infer(cfg, d):
     n_slices = sum(len(expected[s]) for s in mine)
     compile_ = runtime.resolve_compile(cfg["compile"], d.device.type, n_slices, cfg["compile_min_slices"])
     ens = load_ensemble(cfg, d.device, compile=compile_)
-    if runtime.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out)):
+    if runtime.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out,
+                                                    ens.calibration_info)):
         log.info("%s is up to date", out / "submission.csv")
         return 0
     log.info("%d studies, %d images, %d model pairs on %s%s", len(expected), len(df), len(ens.members), d.device,
              ", compiled" if compile_ else "")
-    results, errors = predict_all(ens, mine, dirs, expected, cfg["num_workers"], d.rank)
-    gathered = runtime.gather_objects((results, errors), d)
+    acquisition = {}
+    results, errors = predict_all(ens, mine, dirs, expected, cfg["num_workers"], d.rank, acquisition)
+    gathered = runtime.gather_objects((results, errors, acquisition), d)
     if not d.is_main:
         return 0
-    results = {k: v for r, _ in gathered for k, v in r.items()}
-    errors = [e for _, es in gathered for e in es]
+    results = {k: v for r, _, _ in gathered for k, v in r.items()}
+    errors = [e for _, es, _ in gathered for e in es]
+    acquisition = {k: v for _, _, a in gathered for k, v in a.items()}
     with_prior(ens, refused, expected, results, errors)
 
     study_ids = sorted(results)
@@ -183,6 +193,7 @@ def _infer(cfg, d):
            f"(see {out / 'errors.csv'})")
     if errors and cfg["on_error"] == "fail":
         raise _not_written(out, msg)
+    atomic_to_csv(fields_table((s, acquisition.get(s)) for s in study_ids), out / "acquisition.csv")
     atomic_to_csv(sub, out / "submission.csv")
     log.info("wrote %s: %d rows, %d studies", out / "submission.csv", len(sub), len(study_ids))
     if errors:

@@ -1,16 +1,21 @@
 """One study (or every study of a split folder), raw DICOM -> PE probabilities, report, viewer.
 
     python src/predict_study.py SERIES_DIR [-c configs/inference.yml] [--out DIR] [key=value ...]
-    python src/predict_study.py data/test --out DIR      # every <study>/<series>/ folder in it
+    python src/predict_study.py data/test --out DIR      # every study under it, any tree
 
-Uses the same ensemble (run folders, or ``bundle=DIR``), reading and post-processing as
-inference.py. For a series it prints the nine exam probabilities and the slices most likely to
-show PE, and writes ``<out>/prediction.json``, ``<out>/report.png`` (probability along z, exam
-bars, the top slices with their activation maps) and ``<out>/viewer.html`` (docs/viewer.md).
-For a split folder it writes those per study in ``<out>/<name>/`` and ``<out>/index.html``,
-studies sorted by P(PE); ``<name>`` is the study's StudyInstanceUID where that is a safe, unique
-folder name, else ``study-<k>`` (never the input folder's name: it may hold a patient's name).
-A study that fails, for whatever reason, is listed in the index and the others go on.
+Uses the same ensemble (run folders, or ``bundle=DIR``), reading, post-processing and a
+bundle's calibration as inference.py; prediction.json also holds the series' scanner fields
+(``acquisition``, no patient tag) and the calibration applied. DICOM files are found by
+content in any folder tree, grouped by study and series, and one series per study is
+predicted by the ``series_selection`` rule (rsna_pe.data.discovery, docs/dicom.md). For a folder holding one study's files itself (a series folder) it prints the
+nine exam probabilities and the slices most likely to show PE, and writes
+``<out>/prediction.json``, ``<out>/report.png`` (probability along z, exam bars, the top slices
+with their activation maps) and ``<out>/viewer.html`` (docs/viewer.md). For any other tree (a
+split folder, an archive's export) it writes those per study in ``<out>/<name>/`` and
+``<out>/index.html``, studies sorted by P(PE); ``<name>`` is the study's StudyInstanceUID where
+that is a safe folder name, else ``study-<k>`` (never an input folder's name: it may hold a
+patient's name). A study that fails, for whatever reason, is listed in the index and the others
+go on; so is a folder of files that cannot be read.
 Activation maps (Grad-CAM, rsna_pe.viz.cam) are made for the ``--cam-top-k`` most probable slices,
 or all with ``--cam-all``.
 """
@@ -27,7 +32,9 @@ from rsna_pe.core.ids import is_safe
 from rsna_pe.core.io import atomic_write_json
 from rsna_pe.core.labels import EXAM_LABELS
 from rsna_pe.core.runtime import pick_device
-from rsna_pe.data.dicom import hex_uids_accepted, read_dataset, series_files, study_series_uids
+from rsna_pe.data.acquisition import series_acquisition
+from rsna_pe.data.dicom import series_where, study_series_uids
+from rsna_pe.data.discovery import discover
 from rsna_pe.infer.ensemble import load_ensemble
 from rsna_pe.viz.cam import ensemble_cam, pick_slices
 from rsna_pe.viz.report import draw_report
@@ -36,38 +43,13 @@ from rsna_pe.viz.viewer import PREVIEW_SIZE, viewer_data, write_index, write_vie
 log = logging.getLogger("predict_study")
 
 
-def split_series(folder):
-    """[(study folder, [its series folders])] of a split folder; None if ``folder`` is a series."""
-    folder = Path(folder)
-    if next(folder.glob("*.dcm"), None) is not None:
-        return None
-    found = sorted(d for d in folder.glob("*/*") if d.is_dir() and next(d.glob("*.dcm"), None))
-    if not found:
-        raise PipelineError(f"{folder}: neither .dcm files nor <study>/<series>/ folders holding them")
-    studies = {}
-    for d in found:
-        studies.setdefault(d.parent, []).append(d)
-    return list(studies.items())
-
-
-def _header_study_uid(series_dir):
-    """The StudyInstanceUID in the series' first file if it is a safe folder name (rsna_pe.core.ids),
-    else None."""
-    try:
-        with hex_uids_accepted():
-            uid = read_dataset(series_files(series_dir)[0], header_only=True).get("StudyInstanceUID")
-    except Exception:  # unreadable: a positional name; predicting the study says why
-        return None
-    return str(uid) if uid and is_safe(str(uid)) else None
-
-
-def output_names(studies):
-    """Each study's output folder and name on the pages: its StudyInstanceUID where that is a
-    safe folder name used by no other study of the run, else ``study-<k>`` (k: its place among
-    the input folders). Input folder names never appear: they may hold a patient's name."""
-    uids = [_header_study_uid(dirs[0]) for _, dirs in studies]
-    fallback = [f"study-{k + 1}" for k in range(len(studies))]
-    return [u if u and uids.count(u) == 1 and u not in fallback else f for u, f in zip(uids, fallback)]
+def output_names(uids):
+    """Each study's output folder and name on the pages, from its StudyInstanceUID (None: a
+    folder of unreadable files): the UID where it is a safe folder name (rsna_pe.core.ids), else
+    ``study-<k>`` (k: its place in the run's order, by first file). Input folder and file names
+    never appear: they may hold a patient's name."""
+    fallback = [f"study-{k + 1}" for k in range(len(uids))]
+    return [u if u is not None and is_safe(u) and u not in fallback else f for u, f in zip(uids, fallback)]
 
 
 def one_line(e):
@@ -76,12 +58,15 @@ def one_line(e):
     return " ".join(text.split())
 
 
-def page_reason(e, study_dir):
-    """``one_line(e)`` for a page: every path, file and folder name replaced by "…"."""
-    study_dir = Path(study_dir)
-    names = {str(study_dir), str(study_dir.resolve()), str(study_dir.parent), str(study_dir.parent.resolve())}
-    for p in [study_dir, *study_dir.glob("*"), *study_dir.glob("*/*")]:  # the split layout's depth
-        names |= {p.name, p.stem}
+def page_reason(e, root, files=()):
+    """``one_line(e)`` for a page: every path, file and folder name replaced by "…" (those of
+    ``root``, the input, and of ``files``, the study's, down from it)."""
+    root = Path(root)
+    names = {str(root), str(root.resolve()), root.name}
+    for f in map(Path, files):
+        names |= {str(f.parent), str(f.parent.resolve())}
+        names |= {n for p in (f.relative_to(root) if f.is_relative_to(root) else f).parts
+                  for n in (p, Path(p).stem)}
     text = one_line(e)
     for name in sorted((n for n in names if len(n) > 1), key=len, reverse=True):  # "a" tells nothing
         text = text.replace(name, "…")
@@ -101,8 +86,9 @@ def activation_maps(ens, images, img, args, series_dir):
     return {int(k): m for k, m in zip(picked, maps)}
 
 
-def predict_series(ens, series_dir, out, args):
-    """Predict one series and write its json, report and viewer; -> its index.html row."""
+def predict_series(ens, series_dir, out, args, skipped=()):
+    """Predict one series (a folder or a list of files) and write its json, report and viewer;
+    ``skipped``: the study's other series [(Series, why)]; -> its index.html row."""
     # Previews windowed from the HU at their own size (the model's input may be far smaller),
     # from the same single decode as the models' input.
     infos, images, previews = ens.read_with(series_dir, [args.preview_size])
@@ -110,10 +96,14 @@ def predict_series(ens, series_dir, out, args):
     study, series = study_series_uids(infos[0].path)
     cams = activation_maps(ens, images, img, args, series_dir)
     exam_d = {k: float(v) for k, v in zip(EXAM_LABELS, exam)}
-    result = {"series_dir": str(series_dir), "study": study, "series": series, "exam": exam_d,
+    result = {"series_dir": series_where(series_dir), "study": study, "series": series, "exam": exam_d,
               "pe_present": bool(img.max() > 0.5), "activation_map_slices": sorted(cams),
               "slices": [{"z_pos_order": k, "sop": i.sop, "z": i.z, "pe_present_on_image": float(p)}
-                         for k, (i, p) in enumerate(zip(infos, img))]}
+                         for k, (i, p) in enumerate(zip(infos, img))],
+              # the scanner fields only (no patient tag), for site validation's subgroups
+              "acquisition": series_acquisition(infos), "calibration": ens.calibration_info}
+    if skipped:  # only then: a study of one series (the Kaggle layout) gets the json as before
+        result["skipped_series"] = [{"series": s.uid, "images": len(s.files), "reason": why} for s, why in skipped]
     atomic_write_json(out / "prediction.json", result, newline=False, indent=1)
     previews = previews[args.preview_size]
     draw_report(out / "report.png", img, exam, previews, cams, title=f"study {study}")
@@ -133,35 +123,36 @@ def print_study(name, row, out):
     print(f"wrote {out / 'prediction.json'}, {out / 'report.png'} and {out / 'viewer.html'}")
 
 
-def predict_one(ens, study_dir, series_dirs, out, args):
-    """One study of a split folder, written to ``out``: -> its index row; any failure (whatever
-    its type) is logged and becomes the row's one-line reason, without paths."""
+def predict_one(ens, entry, root, out, args):
+    """One study of a tree (or a folder of unreadable files: rsna_pe.data.discovery), written to
+    ``out``: -> its index row; any failure (whatever its type) is logged and becomes the row's
+    one-line reason, without paths."""
     try:
-        if len(series_dirs) > 1:
-            raise PipelineError(f"{study_dir}: {len(series_dirs)} series; one series per study is expected")
-        row = predict_series(ens, series_dirs[0], out, args)
-        print_study(study_dir.name, row, out)
+        row = predict_series(ens, entry.to_predict().files, out, args, entry.skipped)
+        print_study(entry.where, row, out)
         return {**row, "href": f"{out.name}/viewer.html"}
     except Exception as e:
-        log.warning("study %s: %s", study_dir.name, one_line(e))
-        return {"study": out.name, "error": page_reason(e, study_dir)}
+        msg = one_line(e)
+        log.warning("%s", msg if msg.startswith(entry.where) else f"{entry.where}: {msg}")
+        return {"study": out.name, "error": page_reason(e, root, entry.files)}
 
 
-def predict_split(ens, studies, out, args):
-    """Every study of a split folder; a study that fails is listed in the index, not fatal."""
-    rows = [predict_one(ens, study_dir, dirs, out / name, args)
-            for (study_dir, dirs), name in zip(studies, output_names(studies))]
+def predict_split(ens, found, out, args):
+    """Every study of a tree; a study that fails is listed in the index, not fatal."""
+    entries = found.entries()
+    rows = [predict_one(ens, entry, found.root, out / name, args)
+            for entry, name in zip(entries, output_names([e.uid for e in entries]))]
     write_index(out / "index.html", rows)
     print(f"wrote {out / 'index.html'} ({len(rows)} studies)")
-    failed = [d.name for (d, _), r in zip(studies, rows) if "error" in r]
+    failed = [e.where for e, r in zip(entries, rows) if "error" in r]
     if failed:
         raise PipelineError(f"{len(failed)} of {len(rows)} studies failed (first: {failed[0]}); "
                             f"see {out / 'index.html'}")
 
 
 def _add_args(p):
-    p.add_argument("series_dir", type=Path, help="one series' folder of .dcm files, or a split "
-                   "folder of <study>/<series>/ folders")
+    p.add_argument("series_dir", type=Path, help="one series' folder, a split folder of "
+                   "<study>/<series>/ folders, or any tree of DICOM files (an archive's export)")
     p.add_argument("--out", type=Path, default=None,
                    help="output folder (default: output/predict_study/<folder name>)")
     p.add_argument("--cam-top-k", type=int, default=8, help="activation maps for the k most "
@@ -175,19 +166,30 @@ def main(argv=None):
     cfg, args = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv, add_args=_add_args)
     if not args.series_dir.is_dir():
         raise PipelineError(f"{args.series_dir}: not a folder")
-    studies = split_series(args.series_dir)
+    found = discover(args.series_dir, cfg["series_selection"])
+    if not found.entries():
+        raise PipelineError(f"{args.series_dir}: no DICOM files in it or its subfolders")
     out = args.out or Path("output/predict_study") / args.series_dir.name
     ens = load_ensemble(cfg, pick_device(cfg["device"]))
-    if studies is None:
-        try:
-            row = predict_series(ens, args.series_dir, out, args)
-        except PipelineError:
-            raise
-        except Exception as e:  # whatever its type: one line naming the series
-            raise PipelineError(f"{args.series_dir}: {one_line(e)}") from e
-        print_study(str(args.series_dir), row, out)
+    if found.flat and len(found.studies) <= 1:  # one series' (or study's) own folder
+        predict_folder(ens, found, out, args)
     else:
-        predict_split(ens, studies, out, args)
+        predict_split(ens, found, out, args)
+
+
+def predict_folder(ens, found, out, args):
+    """A folder holding one study's files itself, written to ``out``; an unreadable file or a
+    study without a series that fits the rule stops with one line, as any failure does."""
+    for unreadable in found.unreadable:
+        unreadable.to_predict()  # raises: one line naming the folder and the first file
+    study = found.studies[0]
+    try:
+        row = predict_series(ens, study.to_predict().files, out, args, study.skipped)
+    except PipelineError:
+        raise
+    except Exception as e:  # whatever its type: one line naming the series
+        raise PipelineError(f"{found.root}: {one_line(e)}") from e
+    print_study(str(found.root), row, out)
 
 
 if __name__ == "__main__":

@@ -115,3 +115,24 @@ def test_export_refuses_a_non_empty_folder(trained_ws, exported, monkeypatch):
     monkeypatch.chdir(trained_ws)
     with pytest.raises(PipelineError, match="--overwrite"):
         export_models.main(["-c", str(DEMO / "inference.yml"), "--out", str(exported), *ONE_PAIR])
+
+
+def test_export_from_the_run_folders_with_operating_points_and_calibration(trained_ws, tmp_path, monkeypatch):
+    monkeypatch.chdir(trained_ws)
+    ops = {"format": "rsna-pe-operating-points", "format_version": 1, "rule": "positive when p >= threshold",
+           "labels": {"pe_present": [{"target_sensitivity": 0.9, "threshold": 0.25}]}}
+    cal = {"format": "rsna-pe-calibration", "format_version": 1, "method": "temperature",
+           "labels": {"central_pe": {"temperature": 2.0}}}
+    (tmp_path / "operating_points.json").write_text(json.dumps(ops))
+    (tmp_path / "cal.json").write_text(json.dumps(cal))
+    out = tmp_path / "models"
+    export_models.main(["-c", str(DEMO / "inference.yml"), "--out", str(out), *ONE_PAIR,
+                        "--operating-points", str(tmp_path), "--calibration", str(tmp_path / "cal.json")])
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["format_version"] == bundle.CALIBRATED_VERSION and "derived_from" not in manifest
+    assert {"operating_points.json", "calibration.json"} <= set(manifest["files"])
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "sensitivity >= 0.90 at p >= 0.2500" in card and "central_pe: temperature 2.0000" in card
+    assert "Colak" in card  # the rest of the card as without them
+    site = bundle.open_bundle(out)[3]
+    assert site["operating_points.json"]["doc"] == ops and site["calibration.json"]["doc"] == cal

@@ -11,6 +11,7 @@ at its N-th output write, after the temporary is written and before it is rename
 import contextlib
 import glob
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -114,6 +115,45 @@ def strict_json(obj, where, **dumps_kwargs):
         return json.dumps(obj, allow_nan=False, **dumps_kwargs)
     except ValueError as e:
         raise PipelineError(f"{where}: not written, a value is not finite ({e})") from None
+
+
+def strict_loads(data, where):
+    """JSON from text or bytes, strictly (NaN and Infinity are not JSON); anything else is a
+    one-line error naming ``where``."""
+    def no_constant(name):
+        raise ValueError(f"{name} is not a JSON value")
+
+    try:
+        return json.loads(data, parse_constant=no_constant)
+    except (ValueError, RecursionError) as e:  # UnicodeDecodeError is a ValueError
+        raise PipelineError(f"{where}: not valid JSON ({(str(e).splitlines() or [''])[0][:120]})") from None
+
+
+def json_document(data, where, fmt, version):
+    """The JSON object in ``data`` whose ``format`` is ``fmt`` and ``format_version`` is
+    ``version`` (a versioned file of the pipeline's own), else a one-line error naming ``where``."""
+    doc = strict_loads(data, where)
+    if not isinstance(doc, dict) or doc.get("format") != fmt:
+        raise PipelineError(f"{where}: not a {fmt} file (its 'format' must be '{fmt}')")
+    found = doc.get("format_version")
+    if type(found) is not int or found != version:  # true == 1 in Python, yet no version
+        raise PipelineError(f"{where}: format version {found!r:.40}, this code reads {version}")
+    return doc
+
+
+def checked_number(value, where, lo=-math.inf, hi=math.inf):
+    """``value`` as a finite float in [lo, hi], else a one-line error naming ``where`` (JSON's
+    1e999 parses as infinity)."""
+    if (isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value)
+            or not lo <= value <= hi):
+        raise PipelineError(f"{where}: {value!r:.40} is not a number in [{lo}, {hi}]")
+    return float(value)
+
+
+def in_folder(path, name):
+    """``path`` itself, or ``path/name`` when ``path`` is a folder (a run or bundle folder)."""
+    path = Path(path)
+    return path / name if path.is_dir() else path
 
 
 def atomic_write_json(path, obj, newline=True, **dumps_kwargs):

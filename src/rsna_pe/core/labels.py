@@ -16,6 +16,10 @@ IMAGE_LABEL = "pe_present_on_image"
 # Order of every 10-vector in the pipeline: 9 exam-level labels, then the image-level one.
 LABELS = EXAM_LABELS + (IMAGE_LABEL,)
 N_EXAM = len(EXAM_LABELS)
+# What a site can validate per study, in report order: PE present in the exam (the study's
+# largest image probability, the pipeline's call) and the nine exam labels.
+PE_PRESENT = "pe_present"
+STUDY_LABELS = (PE_PRESENT,) + EXAM_LABELS
 
 # Columns of the Kaggle train.csv that are neither ids nor LABELS.
 QA_COLUMNS = ("qa_motion", "qa_contrast", "flow_artifact", "true_filling_defect_not_pe")

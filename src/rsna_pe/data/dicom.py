@@ -2,7 +2,8 @@
 
 Stage 1 (JPEGs), inference and predict_study all read DICOM through this module, so train and
 test images are made by the same code. Compressed transfer syntaxes decode through pydicom's
-pixel plugins (GDCM via python-gdcm; RLE natively).
+pixel plugins (GDCM via python-gdcm; RLE natively). A series is a folder of ``*.dcm`` files
+(the Kaggle layout) or a list of files (one found by content in any tree: rsna_pe.data.discovery).
 
 Ids: the competition names studies, series and images with 12-hex-character ids, which are not
 valid DICOM UIDs; pydicom 3 would warn once per file, so that one warning (and only for
@@ -22,6 +23,7 @@ import contextlib
 import functools
 import logging
 import math
+import os
 import re
 import reprlib
 import warnings
@@ -34,6 +36,7 @@ import pydicom
 from pydicom.multival import MultiValue
 
 from ..core.errors import DicomReadError
+from .acquisition import fields_of
 from .windows import hu_to_rgb
 
 log = logging.getLogger(__name__)
@@ -48,6 +51,9 @@ class SliceInfo:
     study: str | None = None    # the header's StudyInstanceUID (None: absent)
     series: str | None = None   # the header's SeriesInstanceUID (None: absent)
     sop_in_header: bool = True  # False: ``sop`` is the positional name (no SOPInstanceUID)
+    # The series' scanner fields (rsna_pe.data.acquisition), on its first file only: taken from
+    # a header read anyway, so recording them costs no extra read.
+    acquisition: dict | None = None
 
 
 # pydicom's message for a UI value that is not dotted digits; all-hex values only. pydicom
@@ -102,7 +108,7 @@ def positional_name(index):
     return f"unnamed-{index:04d}"
 
 
-def _finite_numbers(ds, keyword, path):
+def finite_numbers(ds, keyword, path):
     """A numeric tag's values as floats, None when absent or empty; a value that is not a
     finite number refuses the file (one line naming it)."""
     value = ds.get(keyword)
@@ -138,13 +144,14 @@ def slice_info(path, index, ds=None):
     read is a one-line error naming the file, whatever pydicom raises."""
     ds = ds if ds is not None else read_dataset(path, header_only=True)
     try:
-        ipp = _finite_numbers(ds, "ImagePositionPatient", path)
-        _finite_numbers(ds, "ImageOrientationPatient", path)
+        ipp = finite_numbers(ds, "ImagePositionPatient", path)
+        finite_numbers(ds, "ImageOrientationPatient", path)
         _rescale(ds, path)  # refused by the header alone, also where no pixels are read
         sop = _uid(ds, "SOPInstanceUID")
         return SliceInfo(Path(path), sop or positional_name(index),
                          ipp[2] if ipp is not None and len(ipp) == 3 else None, _instance_number(ds),
-                         _uid(ds, "StudyInstanceUID"), _uid(ds, "SeriesInstanceUID"), sop is not None)
+                         _uid(ds, "StudyInstanceUID"), _uid(ds, "SeriesInstanceUID"), sop is not None,
+                         fields_of(ds) if index == 0 else None)
     except DicomReadError:
         raise
     except Exception as e:  # pydicom converts values lazily and raises many types
@@ -165,7 +172,8 @@ def warn_file_names(infos, where=""):
     if unnamed:
         log.warning("%s: %d of %d files have no SOPInstanceUID; they are named by their position "
                     "(first: %s)", where, len(unnamed), len(infos), unnamed[0].sop)
-    odd = [i for i in infos if i.sop_in_header and i.sop != i.path.stem]
+    # The Kaggle layout names files <SOPInstanceUID>.dcm; an archive's export names them freely.
+    odd = [i for i in infos if i.sop_in_header and i.path.suffix == ".dcm" and i.sop != i.path.stem]
     if odd:
         log.warning("%s: %d of %d files are not named by their SOPInstanceUID (first: %s holds %s); "
                     "images are named by the header's value", where, len(odd), len(infos),
@@ -200,16 +208,31 @@ def sort_slices(infos, where=""):
     raise DicomReadError(where, "neither ImagePositionPatient nor InstanceNumber on every slice")
 
 
-def series_files(series_dir):
-    files = sorted(Path(series_dir).glob("*.dcm"))
+def series_files(series):
+    """A series' files, sorted: a folder's ``*.dcm`` (the Kaggle layout), or the files of a list
+    (a series found by content in any tree, rsna_pe.data.discovery)."""
+    if isinstance(series, (str, os.PathLike)):
+        files = sorted(Path(series).glob("*.dcm"))
+        if not files:
+            raise DicomReadError(series, "no .dcm files")
+        return files
+    files = sorted(Path(f) for f in series)
     if not files:
-        raise DicomReadError(series_dir, "no .dcm files")
+        raise DicomReadError("", "a series given as an empty list of files")
     return files
+
+
+def series_where(series):
+    """How a message names a series: its folder, or the folder a list's files share."""
+    if isinstance(series, (str, os.PathLike)):
+        return str(series)
+    return os.path.commonpath([str(Path(f).parent) for f in series]) if len(series) else ""
 
 
 def read_series_order(series_dir):
     """Headers only: the series' slices in z order."""
-    return series_order([slice_info(f, k) for k, f in enumerate(series_files(series_dir))], where=str(series_dir))
+    return series_order([slice_info(f, k) for k, f in enumerate(series_files(series_dir))],
+                        where=series_where(series_dir))
 
 
 def _native_pixels(ds):
@@ -232,7 +255,7 @@ def _native_pixels(ds):
 def _rescale(ds, path):
     """(RescaleSlope, RescaleIntercept) of one slice: 1 and 0 when absent or empty, a slope of
     0 read as 1; anything but one finite number each refuses the file."""
-    slope, intercept = (_finite_numbers(ds, k, path) for k in ("RescaleSlope", "RescaleIntercept"))
+    slope, intercept = (finite_numbers(ds, k, path) for k in ("RescaleSlope", "RescaleIntercept"))
     for keyword, numbers in (("RescaleSlope", slope), ("RescaleIntercept", intercept)):
         if numbers is not None and len(numbers) != 1:
             raise DicomReadError(path, f"{keyword} holds {len(numbers)} values, one expected")
@@ -312,7 +335,7 @@ def read_series_images(series_dir, sizes):
         infos.append(info)
         for s in sizes:
             imgs[s].append(windowed[s].transpose(2, 0, 1))
-    order = series_order(infos, where=str(series_dir))
+    order = series_order(infos, where=series_where(series_dir))
     pos = {id(i): k for k, i in enumerate(infos)}
     idx = [pos[id(i)] for i in order]
     return order, {s: np.stack([v[k] for k in idx]) for s, v in imgs.items()}

@@ -23,7 +23,7 @@ import logging
 import cv2
 import numpy as np
 
-from .dicom import read_dataset, read_series_order, to_hu
+from .dicom import read_dataset, read_series_order, series_where, to_hu
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +96,7 @@ def lung_box(series_dir, margin):
         found.append(slice_lungs(hu) if hu.shape == shape else None)  # one matrix per series
     bounds = union(found)
     if bounds is None:
-        log.warning("%s: no lungs found; lung crop falls back to the full image", series_dir)
+        log.warning("%s: no lungs found; lung crop falls back to the full image", series_where(series_dir))
         return None
     return square_box(bounds, shape, margin)
 

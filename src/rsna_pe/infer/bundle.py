@@ -10,6 +10,10 @@
     MODEL_CARD.md        data and its terms, citation, cross-validation scores, versions, limits
     manifest.json        format name and version, the CNN/head pairs, every file's sha256
 
+and, when given, a site's ``operating_points.json`` and ``calibration.json`` (checked by
+rsna_pe.infer.operating_points and rsna_pe.infer.calibration; rsna_pe.infer.site_files adds
+them to a new bundle made from an existing one).
+
 ``load_bundle`` treats a bundle as data from a stranger. It reads each file once (no symbolic
 links, no names with folders in them), checks the manifest's structure, format version and
 every file's hash before it builds anything, and parses and loads those same bytes: weights
@@ -17,7 +21,9 @@ with safetensors, everything else as strict JSON; no pickle from a bundle is eve
 model is rebuilt by network name (rsna_pe.models.networks; no code is named by the bundle), its CNN
 backbone only by a timm architecture name and without pretrained weights (nothing is fetched
 or read from outside the bundle), then its weights are loaded strictly. Any damage stops with
-one line naming the file and the key (docs/bundle.md).
+one line naming the file and the key (docs/bundle.md). ``open_bundle`` also gives the site
+files, parsed from those same verified bytes; the ensemble applies a calibration
+(rsna_pe.infer.ensemble).
 """
 import contextlib
 import hashlib
@@ -30,7 +36,7 @@ import stat
 from pathlib import Path
 
 from ..core.errors import PipelineError
-from ..core.io import atomic_dir, strict_json
+from ..core.io import atomic_dir, strict_json, strict_loads
 from ..core.labels import IMAGE_LABEL, LABELS
 from ..core.paths import PRIOR_FILE
 from ..data.model_input import input_channels, input_kind
@@ -38,13 +44,19 @@ from ..data.windows import WINDOWS
 from ..models.cnn import offline_backbone
 from ..models.networks import build_network, output_labels, without_pretrained
 from ..train.checkpoint import read_checkpoint
+from . import calibration
 from .bundle_card import model_card
 from .pairs import head_mismatch, jpeg_settings, mean_prior
+from .site_files import SITE_FILES
 
 log = logging.getLogger(__name__)
 
 FORMAT = "rsna-pe-model-bundle"
 FORMAT_VERSION = 1
+# A bundle that carries a calibration is version 2, so that code which reads only version 1
+# (and would ignore the calibration) refuses it instead of predicting uncalibrated.
+CALIBRATED_VERSION = 2
+READ_VERSIONS = (FORMAT_VERSION, CALIBRATED_VERSION)
 MANIFEST = "manifest.json"
 CARD = "MODEL_CARD.md"
 # metric.postprocess: the original solution's consistency rules (PIPELINE.md section 6).
@@ -139,11 +151,17 @@ def _add_model(files, models, names, kind, path):
     return name
 
 
-def export(pairs, out, overwrite=False, inference_cfg=None):
-    """Write the bundle of ``pairs`` [(cnn_ckpt, rnn_ckpt)] to the folder ``out``; -> manifest."""
-    out = Path(out)
+def refuse_full(out, overwrite):
+    """A non-empty ``out`` is replaced only with ``overwrite``: checked before any work."""
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise PipelineError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
+
+
+def export(pairs, out, overwrite=False, inference_cfg=None, site=None):
+    """Write the bundle of ``pairs`` [(cnn_ckpt, rnn_ckpt)] to the folder ``out``, with the site
+    files ``site`` {file name: (bytes, checked document)} (rsna_pe.infer.site_files.given); -> manifest."""
+    out, site = Path(out), site or {}
+    refuse_full(out, overwrite)
     files, models, names, pair_names = {}, {}, {}, []
     for cnn_path, rnn_path in pairs:
         cnn, rnn = _add_model(files, models, names, "cnn", cnn_path), _add_model(files, models, names, "rnn", rnn_path)
@@ -155,16 +173,26 @@ def export(pairs, out, overwrite=False, inference_cfg=None):
     heads = [models[p["rnn"]] for p in pair_names]
     prior = {"mean": mean_prior([h["prior"] for h in heads]), "per_head": {h["name"]: h["prior"] for h in heads}}
     files[PRIOR_FILE] = _json_bytes(prior, out / PRIOR_FILE)
-    files[CARD] = model_card(models, pair_names, prior, inference_cfg).encode()
-    manifest = {"format": FORMAT, "format_version": FORMAT_VERSION, "pairs": pair_names,
+    files.update({name: data for name, (data, _) in site.items()})
+    docs = {name: doc for name, (_, doc) in site.items()}
+    files[CARD] = model_card(models, pair_names, prior, inference_cfg, docs).encode()
+    return write_bundle(out, files, pair_names)
+
+
+def write_bundle(out, files, pairs, base=None):
+    """``files`` {name: bytes} and their manifest into the folder ``out``, atomically; ``base``:
+    the manifest sha256 of the bundle this one was made from."""
+    version = CALIBRATED_VERSION if calibration.FILE in files else FORMAT_VERSION
+    manifest = {"format": FORMAT, "format_version": version, "pairs": pairs,
                 "postprocess": POSTPROCESS, "labels": list(LABELS),
+                **({"derived_from": {"manifest_sha256": base}} if base else {}),
                 "files": {k: _sha256(v) for k, v in sorted(files.items())}}
     raw = _json_bytes(manifest, out / MANIFEST)
     with atomic_dir(out) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         (tmp / MANIFEST).write_bytes(raw)
-    log.info("wrote %s: %d pairs, %d files; manifest sha256 %s", out, len(pair_names), len(files), _sha256(raw))
+    log.info("wrote %s: %d pairs, %d files; manifest sha256 %s", out, len(pairs), len(files), _sha256(raw))
     return manifest
 
 
@@ -208,17 +236,6 @@ def _at(obj, key, types, where):
         raise PipelineError(f"{where}: key '{key}' is {_JSON_TYPES.get(type(node), type(node).__name__)}, "
                             f"expected {want}")
     return node
-
-
-def _json(data, where):
-    """Strict JSON from a bundle file's bytes (NaN and Infinity are not JSON)."""
-    def no_constant(name):
-        raise ValueError(f"{name} is not a JSON value")
-
-    try:
-        return json.loads(data, parse_constant=no_constant)
-    except (ValueError, RecursionError) as e:
-        raise PipelineError(f"{where}: not valid JSON ({(str(e).splitlines() or [''])[0][:120]})") from None
 
 
 @contextlib.contextmanager
@@ -266,18 +283,29 @@ def read_bundle(bundle):
     raw = _read_plain(path)
     if raw is None:
         raise PipelineError(f"{path}: not found ({bundle} is not a model bundle)")
-    manifest = _check_manifest(_json(raw, path), path)
+    manifest = _check_manifest(strict_loads(raw, path), path)
     files = {name: _verified(bundle / name, digest) for name, digest in manifest["files"].items()}
     return manifest, files, _sha256(raw)
+
+
+def read_verified(bundle, name):
+    """The bytes of the file ``name`` of a bundle if its manifest (checked) lists it and its
+    sha256 matches, None if it is not listed; the other files are not read."""
+    path = Path(bundle) / MANIFEST
+    raw = _read_plain(path)
+    if raw is None:
+        raise PipelineError(f"{path}: not found ({bundle} is not a model bundle)")
+    digest = _check_manifest(strict_loads(raw, path), path)["files"].get(name)
+    return None if digest is None else _verified(Path(bundle) / name, digest)
 
 
 def _check_manifest(manifest, path):
     if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
         raise PipelineError(f"{path}: not a {FORMAT} manifest")
     version = manifest.get("format_version")
-    if type(version) is not int or version != FORMAT_VERSION:  # true == 1 in Python, yet no version
-        raise PipelineError(f"{path}: bundle format version {version!r:.40}, this code reads version "
-                            f"{FORMAT_VERSION}")
+    if type(version) is not int or version not in READ_VERSIONS:  # true == 1 in Python, yet no version
+        raise PipelineError(f"{path}: bundle format version {version!r:.40}, this code reads versions "
+                            f"{' and '.join(map(str, READ_VERSIONS))}")
     for name, digest in _at(manifest, "files", dict, path).items():
         _plain_name(name, path, "files")
         if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
@@ -314,7 +342,7 @@ def _listed(bundle, files, name):
 def _entry(bundle, files, name, kind):
     """-> (a model's JSON, its path), its structure checked as far as loading reads it."""
     path = Path(bundle) / f"{name}.json"
-    entry = _json(_listed(bundle, files, path.name), path)
+    entry = strict_loads(_listed(bundle, files, path.name), path)
     got = (_at(entry, "kind", str, path), _at(entry, "config.network", str, path))
     if got != (kind, kind):
         raise PipelineError(f"{path}: keys 'kind' and 'config.network' are {got[0]!r:.20} and "
@@ -365,15 +393,26 @@ def _load_model(bundle, files, name, kind, device):
 def _prior(bundle, files):
     """The mean label prior of ``prior.json``: a probability for each label."""
     path = Path(bundle) / PRIOR_FILE
-    mean = _at(_json(_listed(bundle, files, PRIOR_FILE), path), "mean", dict, path)
+    mean = _at(strict_loads(_listed(bundle, files, PRIOR_FILE), path), "mean", dict, path)
     if set(mean) != set(LABELS) or not all(type(v) in (int, float) and 0 <= v <= 1 for v in mean.values()):
         raise PipelineError(f"{path}: key 'mean' must give each of the {len(LABELS)} labels a probability")
     return mean
 
 
+def site_docs(bundle, files):
+    """{file name: checked document} of the site files among a bundle's verified files."""
+    return {name: parse(files[name], Path(bundle) / name) for name, parse in SITE_FILES.items() if name in files}
+
+
 def load_bundle(bundle, device="cpu"):
+    """-> (pairs, mean label prior, sources) as ``open_bundle``, without the site files."""
+    return open_bundle(bundle, device)[:3]
+
+
+def open_bundle(bundle, device="cpu"):
     """-> ([(cnn, cnn_cfg, rnn, rnn_cfg)] on ``device`` (CNNs on CPU, the Embedder moves them),
-    the mean label prior, each pair's sources (the sha256 of the bytes its weights came from))."""
+    the mean label prior, each pair's sources (the sha256 of the bytes its weights came from),
+    the site files {file name: {"doc": checked document, "sha256": of its bytes}})."""
     bundle = Path(bundle)
     manifest, files, manifest_sha = read_bundle(bundle)
     members, sources = [], []
@@ -388,6 +427,8 @@ def load_bundle(bundle, device="cpu"):
         members.append((cnn, cnn_ckpt, rnn, bundle / f"{pair['cnn']}.json"))
         sources.append({"cnn": cnn_sha, "rnn": rnn_sha, "where": [str(bundle / f"{pair[k]}.json") for k in KINDS]})
     prior = _prior(bundle, files)
-    log.info("model bundle %s: %d pairs, manifest sha256 %s", bundle, len(members), manifest_sha)
-    return members, prior, sources
+    site = {name: {"doc": doc, "sha256": manifest["files"][name]} for name, doc in site_docs(bundle, files).items()}
+    log.info("model bundle %s: %d pairs%s, manifest sha256 %s", bundle, len(members),
+             "".join(f", {name}" for name in site), manifest_sha)
+    return members, prior, sources, site
 

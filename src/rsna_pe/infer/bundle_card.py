@@ -1,10 +1,13 @@
 """MODEL_CARD.md of a model bundle: what the models are, what they were trained on and under
-which terms, how well they did in cross-validation, with which software, and their limits."""
+which terms, how well they did in cross-validation, with which software, and their limits;
+last, the site files it carries (operating points, calibration)."""
 import platform
 from pathlib import Path
 
 from ..core.labels import EXAM_LABELS, IMAGE_LABEL
 from ..records.provenance import git_commit, package_versions
+from .calibration import FILE as CALIBRATION
+from .operating_points import FILE as OPERATING_POINTS
 
 PACKAGES = ("torch", "timm", "safetensors", "numpy", "pydicom", "opencv-python-headless", "captum")
 CITATION = ("Colak E, Kitamura FC, Hobbs SB, et al. The RSNA Pulmonary Embolism CT Dataset. "
@@ -67,7 +70,8 @@ def _models_section(models, pairs):
             f"`{models[pairs[0]['rnn']]['postprocess']}`).")
 
 
-def model_card(models, pairs, prior, inference_cfg=None):
+def model_card(models, pairs, prior, inference_cfg=None, site=None):
+    """The card's text; ``site``: {file name: checked document} of the site files."""
     versions = package_versions(PACKAGES)
     lines = [
         "# Model card: RSNA STR pulmonary embolism CNN + LSTM ensemble", "",
@@ -89,4 +93,47 @@ def model_card(models, pairs, prior, inference_cfg=None):
     if inference_cfg:
         lines += ["", f"Exported with tta_flip={inference_cfg.get('tta_flip')}, "
                       f"amp={inference_cfg.get('amp')} (set at load time, not stored in the weights)."]
-    return "\n".join(lines) + "\n"
+    card = "\n".join(lines) + "\n"
+    return with_site_section(card, site) if site else card
+
+
+SITE_HEADING = "## Operating points and calibration"
+
+
+def _count(value):
+    return value if isinstance(value, int) and not isinstance(value, bool) else "?"
+
+
+def _site_lines(docs):
+    lines = []
+    if OPERATING_POINTS in docs:
+        ops = docs[OPERATING_POINTS]
+        n = _count((ops.get("source") or {}).get("n_studies"))
+        lines += [f"`{OPERATING_POINTS}`: thresholds fixed in advance on the development cross-validation "
+                  f"({n} studies), {ops['rule']}:", ""]
+        lines += [f"- {label}: " + "; ".join(f"sensitivity >= {pt['target_sensitivity']:.2f} at p >= "
+                                               f"{pt['threshold']:.4f}" for pt in points)
+                  for label, points in ops["labels"].items()]
+        lines.append("")
+    if CALIBRATION in docs:
+        cal = docs[CALIBRATION]
+        lines += [f"`{CALIBRATION}`: {cal['method']} calibration per label, fit on a site's calibration "
+                  "split; `inference.py` and `predict_study.py` apply it to the post-processed outputs "
+                  "(the `pe_present` map to every image probability) and post-process again. Labels "
+                  "not listed are left as they are.", ""]
+        lines += [f"- {label}: " + ", ".join(f"{k} {params[k]:.4f}" for k in ("slope", "intercept", "temperature")
+                                             if k in params)
+                  + f" ({_count(params.get('n'))} studies, {_count(params.get('n_pos'))} positive)"
+                  for label, params in cal["labels"].items()] or ["- (no label: predictions unchanged)"]
+        lines.append("")
+    return lines
+
+
+def with_site_section(card, docs):
+    """``card`` with its site section (the last one) replaced by that of ``docs`` {file name:
+    checked document}, or removed when ``docs`` is empty."""
+    card = card.split("\n" + SITE_HEADING + "\n", 1)[0].rstrip("\n") + "\n"
+    if not docs:
+        return card
+    return "\n".join([card, SITE_HEADING, "", *_site_lines(docs),
+                      "Each is listed with its sha256 in `manifest.json` (docs/validation.md)."]) + "\n"

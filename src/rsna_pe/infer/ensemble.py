@@ -2,8 +2,9 @@
 
 Each study is decoded once for all models; per model pair the CNN embeds every slice, the LSTM
 head predicts image and exam probabilities, the original's post-processing makes them
-consistent; the pairs are averaged and post-processed again. ``load_ensemble`` builds it from
-a model bundle or from the run folders: inference gets its models here either way.
+consistent; the pairs are averaged and post-processed again; a bundle's calibration, if it
+carries one, is applied last (rsna_pe.infer.calibration). ``load_ensemble`` builds it from a
+model bundle or from the run folders: inference gets its models here either way.
 """
 import logging
 
@@ -14,13 +15,16 @@ from torch.nn.utils.rnn import pad_sequence
 from ..core import paths
 from ..core.errors import PipelineError
 from ..core.labels import EXAM_LABELS, IMAGE_LABEL, study_series
+from ..data.acquisition import series_acquisition
 from ..data.dicom import read_dataset, read_series_images, series_files
 from ..data.lungcrop import lung_box
 from ..data.model_input import input_kind, model_input, through_codec
 from ..metric import postprocess
 from ..records.provenance import checkpoint_sha256
 from ..train.checkpoint import load_trained
-from .bundle import load_bundle
+from .bundle import open_bundle
+from .calibration import FILE as CALIBRATION_FILE
+from .calibration import calibrate
 from .embed import Embedder, to_device
 from .pairs import check_pair, jpeg_settings, mean_prior, resolve_pairs, run_prior
 
@@ -32,8 +36,8 @@ def load_ensemble(cfg, device, compile=False):
     kw = dict(chunk=cfg["batch_size"], amp=cfg["amp"], channels_last=cfg["channels_last"],
               compile=compile, tta_flip=cfg["tta_flip"])
     if cfg.get("bundle"):
-        members, prior, sources = load_bundle(cfg["bundle"], device)
-        return Ensemble.from_models(members, prior, sources, device, **kw)
+        members, prior, sources, site = open_bundle(cfg["bundle"], device)
+        return Ensemble.from_models(members, prior, sources, device, calibration=site.get(CALIBRATION_FILE), **kw)
     return Ensemble(resolve_pairs(cfg), device, **kw)
 
 
@@ -61,16 +65,19 @@ class Ensemble:
 
     @classmethod
     def from_models(cls, models, prior, sources, device, chunk=256, amp=True, channels_last=True,
-                    compile=False, tta_flip=False):
+                    compile=False, tta_flip=False, calibration=None):
         """An ensemble of already built pairs [(cnn, cnn checkpoint fields (config, record), rnn,
-        where)] with their mean label prior and content hashes (a model bundle: rsna_pe.infer.bundle)."""
+        where)] with their mean label prior and content hashes (a model bundle: rsna_pe.infer.bundle);
+        ``calibration``: {"doc": the bundle's checked calibration.json, "sha256": of its bytes}."""
         self = cls.__new__(cls)
         self._set_up(models, prior, sources, device, True,
                      dict(chunk=chunk, amp=amp, channels_last=channels_last, compile=compile, tta_flip=tta_flip))
+        self.calibration = calibration
         return self
 
     def _set_up(self, models, prior, sources, device, jpeg_codec, embed_kw):
         self.device, self.prior, self.members = device, dict(prior), []
+        self.calibration = None  # see from_models
         # [{cnn: sha256, rnn: sha256, where: [...]}] per pair: what stage 7's record names
         self.sources = sources
         for cnn, cnn_ckpt, rnn, where in models:
@@ -87,7 +94,8 @@ class Ensemble:
                                                for j, _, n, c, kind in self.specs))
 
     def read(self, series_dir):
-        """-> (slices in z order, {spec: uint8 (S, 3, size, size)}): each file decoded once."""
+        """A series (its folder of ``*.dcm``, or a list of its files) -> (slices in z order,
+        {spec: uint8 (S, 3, size, size)}): each file decoded once."""
         infos, images, _ = self.read_with(series_dir, ())
         return infos, images
 
@@ -160,13 +168,26 @@ class Ensemble:
         (9,)), before post-processing."""
         return self.member_outputs_many([images])[0]
 
-    @staticmethod
-    def _combine(outs):
+    def _combine(self, outs):
         """Per pair (image, exam) -> (exam (9,), image (S,)): each pair post-processed,
-        averaged, post-processed again."""
+        averaged, post-processed again; then calibrated (and post-processed once more) if the
+        ensemble has a calibration."""
         exams = [postprocess(exam[None], [img])[0] for img, exam in outs]
         img = np.mean([img for img, _ in outs], axis=0)
-        return postprocess(np.mean(exams, axis=0)[None], [img])[0], img
+        exam = postprocess(np.mean(exams, axis=0)[None], [img])[0]
+        if self.calibration is None:
+            return exam, img
+        return calibrate(self.calibration["doc"], exam, img)
+
+    @property
+    def calibration_info(self):
+        """What a record names of the calibration applied: None, or its file's sha256, method
+        and the labels it changes."""
+        if self.calibration is None:
+            return None
+        doc = self.calibration["doc"]
+        return {"file": CALIBRATION_FILE, "sha256": self.calibration["sha256"], "method": doc["method"],
+                "labels": sorted(doc["labels"])}
 
     def predict(self, images):
         """{spec: uint8 (S, 3, H, W)} -> (exam probabilities (9,), image probabilities (S,)):
@@ -204,7 +225,8 @@ class StudyReader(torch.utils.data.Dataset):
         study = self.studies[i]
         try:
             infos, images = self.reader(self.dirs[study])
-            return {"study": study, "sops": [x.sop for x in infos], "images": images, "error": None}
+            return {"study": study, "sops": [x.sop for x in infos], "images": images, "error": None,
+                    "acquisition": series_acquisition(infos)}
         except Exception as e:  # PipelineError names the file; anything else is reported as is
             msg = str(e) if isinstance(e, PipelineError) else f"{self.dirs[study]}: {type(e).__name__}: {e}"
-            return {"study": study, "sops": None, "images": None, "error": msg}
+            return {"study": study, "sops": None, "images": None, "error": msg, "acquisition": None}

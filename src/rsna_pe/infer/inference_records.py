@@ -38,12 +38,17 @@ def dump_record(ckpt_path, ckpt, npz_root, out_dir):
     return rec
 
 
-def submission_record(cfg, sources, ids_csv):
+def submission_record(cfg, sources, ids_csv, calibration=None):
     """Stage 7: every pair's model hashes (checkpoint files, or a bundle's weights files), the
-    id list's hash, the deciding settings."""
+    id list's hash, the deciding settings; with a bundle's calibration (Ensemble.calibration_info)
+    its file's hash, which decides too, and its method and labels."""
     rec = provenance.make("inference", {
         **{k: cfg[k] for k in SUBMISSION_SETTINGS},
         "ids_sha256": provenance.file_sha256(ids_csv),
-        "pairs": [{"cnn": s["cnn"], "rnn": s["rnn"]} for s in sources]})
+        "pairs": [{"cnn": s["cnn"], "rnn": s["rnn"]} for s in sources],
+        # only when present: a submission without calibration keeps the record it always had
+        **({"calibration_sha256": calibration["sha256"]} if calibration else {})})
     rec["info"]["checkpoints"] = [s["where"] for s in sources]
+    if calibration:
+        rec["info"]["calibration"] = calibration
     return rec

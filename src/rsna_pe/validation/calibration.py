@@ -1,4 +1,6 @@
-"""Recalibration per label on a calibration split of the site, stored as ``calibration.json``.
+"""Recalibration per label on a calibration split of the site, stored as ``calibration.json``
+(its format, checks and application: rsna_pe.infer.calibration, which stage 7 and
+predict_study.py apply when a model bundle carries it).
 
 - platt (the default): p' = sigmoid(a logit(p) + b); b also absorbs a site whose prevalence
   differs from the training data's;
@@ -13,24 +15,24 @@ cases fits noise.
 import numpy as np
 
 from ..core.errors import PipelineError
-from .jsonio import in_folder, number, read_json, write_json
+from ..core.io import checked_number
+from ..infer.calibration import (  # noqa: F401 - the format's pieces, one definition
+    FILE,
+    FORMAT,
+    FORMAT_VERSION,
+    METHODS,
+    MIN_SLOPE,
+    apply,
+    apply_block,
+    logit,
+    sigmoid,
+    validate,
+)
+from ..infer.site_files import read_doc
+from .jsonio import write_checked
 
-FORMAT, FORMAT_VERSION = "rsna-pe-calibration", 1
-FILE = "calibration.json"
-METHODS = ("platt", "temperature")
 RIDGE = 1.0       # strength of the pull towards no change (a Gaussian prior of variance 1)
-P_CLIP = 1e-6     # probabilities 0 and 1 get finite logits
-MIN_SLOPE = 1e-3  # a model anti-correlated with the truth is not turned around by calibration
 MIN_PER_CLASS = 5  # studies of each class a label needs in the split to be calibrated
-
-
-def logit(p):
-    p = np.clip(np.asarray(p, dtype=np.float64), P_CLIP, 1 - P_CLIP)
-    return np.log(p) - np.log1p(-p)
-
-
-def sigmoid(z):
-    return np.exp(-np.logaddexp(0.0, -np.asarray(z, dtype=np.float64)))
 
 
 def _loss(x, y, theta, theta0):
@@ -68,18 +70,10 @@ def fit(y, p, method="platt"):
     raise PipelineError(f"calibration method '{method}': one of {', '.join(METHODS)}")
 
 
-def apply(params, p):
-    """Calibrated probabilities of ``p`` under one label's parameters."""
-    z = logit(p)
-    if "temperature" in params:
-        return sigmoid(z / params["temperature"])
-    return sigmoid(params["slope"] * z + params["intercept"])
-
-
 def split(strata, fraction, seed):
     """(N,) bool: the calibration studies, ``fraction`` of each stratum (e.g. PE present or not;
     unknown is a stratum of its own), drawn with the seed; the rest is held out."""
-    number(fraction, "--calibrate-split", 0.0, 1.0)
+    checked_number(fraction, "--calibrate-split", 0.0, 1.0)
     strata = np.asarray(strata, dtype=np.float64)
     rng = np.random.default_rng(seed)
     keys = np.where(np.isfinite(strata), strata, -1.0)
@@ -104,34 +98,10 @@ def fit_block(y, p, calib, method, fit_info):
 
 
 def write(doc, file_or_dir):
-    path = in_folder(file_or_dir, FILE)
-    validate(doc, path)
-    write_json(path, doc)
-    return path
+    """Write the document to ``file_or_dir`` (a folder gets ``calibration.json``)."""
+    return write_checked(doc, file_or_dir, FILE, validate)
 
 
 def read(file_or_dir):
-    path = in_folder(file_or_dir, FILE)
-    return validate(read_json(path, FORMAT, FORMAT_VERSION), path)
-
-
-def validate(doc, path):
-    """``doc`` if well formed (known method, finite positive temperature or slope), else an error."""
-    if doc.get("method") not in METHODS:
-        raise PipelineError(f"{path}: method must be one of {', '.join(METHODS)}")
-    want = ("temperature",) if doc["method"] == "temperature" else ("slope", "intercept")
-    if not isinstance(doc.get("labels"), dict):
-        raise PipelineError(f"{path}: 'labels' must be an object")
-    for label, params in doc["labels"].items():
-        if not isinstance(params, dict) or any(k not in params for k in want):
-            raise PipelineError(f"{path}: {label} needs {', '.join(want)}")
-        number(params[want[0]], f"{path}: {label}.{want[0]}", MIN_SLOPE / 10, np.inf)
-        if doc["method"] == "platt":
-            number(params["intercept"], f"{path}: {label}.intercept")
-    return doc
-
-
-def apply_block(doc, label, p):
-    """``p`` calibrated with the document's parameters of ``label`` (unchanged without them)."""
-    params = doc["labels"].get(label)
-    return np.asarray(p, dtype=np.float64) if params is None else apply(params, p)
+    """The checked document of ``file_or_dir`` (a file, or a validation or bundle folder holding it)."""
+    return read_doc(file_or_dir, FILE)

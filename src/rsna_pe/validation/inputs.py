@@ -15,12 +15,10 @@ import pandas as pd
 from .. import metric
 from ..core.errors import PipelineError
 from ..core.io import read_csv
-from ..core.labels import EXAM_LABELS, IMAGE_LABEL, parse_exam_id
+from ..core.labels import EXAM_LABELS, IMAGE_LABEL, PE_PRESENT, STUDY_LABELS, parse_exam_id
 from ..metric.arrays import valid
-from .acquisition import FIELDS as ACQUISITION_FIELDS
+from ..data.acquisition import FIELDS as ACQUISITION_FIELDS
 
-PE_PRESENT = "pe_present"
-STUDY_LABELS = (PE_PRESENT,) + EXAM_LABELS  # what a site can be scored on, in report order
 STUDY, SOP = "StudyInstanceUID", "SOPInstanceUID"
 # Accepted column names, matched case-insensitively; the first one is the canonical name.
 ALIASES = {

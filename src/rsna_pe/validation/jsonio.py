@@ -1,13 +1,11 @@
 """Strict JSON for the files of site validation: NaN becomes null and numpy numbers plain
-ones when written; a file read back must carry its format name and a version this code reads."""
+ones when written (reading back: rsna_pe.core.io.json_document)."""
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 
-from ..core.errors import PipelineError
-from ..core.io import atomic_write_text
+from ..core.io import atomic_write_text, in_folder
 
 
 def plain(obj):
@@ -31,34 +29,10 @@ def write_json(path, obj):
     atomic_write_text(path, dumps(obj))
 
 
-def in_folder(path, name):
-    """``path`` itself, or ``path/name`` when ``path`` is a folder (a run or bundle folder)."""
-    path = Path(path)
-    return path / name if path.is_dir() else path
-
-
-def read_json(path, fmt, version):
-    """A JSON object whose ``format`` is ``fmt`` and ``format_version`` is ``version``."""
-    path = Path(path)
-    if not path.is_file():
-        raise PipelineError(f"{path}: file not found")
-    try:
-        doc = json.loads(path.read_text(), parse_constant=_no_constant)
-    except (ValueError, UnicodeDecodeError) as e:
-        raise PipelineError(f"{path}: not valid JSON ({e})") from None
-    if not isinstance(doc, dict) or doc.get("format") != fmt:
-        raise PipelineError(f"{path}: not a {fmt} file (its 'format' must be '{fmt}')")
-    if doc.get("format_version") != version:
-        raise PipelineError(f"{path}: format version {doc.get('format_version')}, this code reads {version}")
-    return doc
-
-
-def _no_constant(name):
-    raise ValueError(f"{name} is not JSON")
-
-
-def number(value, where, lo=-math.inf, hi=math.inf):
-    """``value`` as a float in [lo, hi], else a one-line error naming ``where``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not lo <= value <= hi:
-        raise PipelineError(f"{where}: {value!r} is not a number in [{lo}, {hi}]")
-    return float(value)
+def write_checked(doc, file_or_dir, name, validate):
+    """Write ``doc``, checked by ``validate(doc, path)``, to ``file_or_dir`` (a folder gets
+    ``name``); -> the path written."""
+    path = in_folder(file_or_dir, name)
+    validate(doc, path)
+    write_json(path, doc)
+    return path

@@ -8,11 +8,11 @@ from tqdm import tqdm
 
 from .. import metric
 from ..core.errors import PipelineError
-from ..core.io import atomic_path, atomic_write_text, read_csv
+from ..core.io import atomic_path, atomic_write_text, checked_number, read_csv
 from ..core.labels import EXAM_LABELS
 from . import calibration, inputs, plots, report, subgroups, thresholds
 from .acquisition import read_subgroup_csv
-from .jsonio import number, write_json
+from .jsonio import write_json
 from .metrics import ECE_BINS, LEVEL, brier, label_metrics, log_loss, reliability
 
 FORMAT, FORMAT_VERSION = "rsna-pe-site-validation", 1
@@ -171,7 +171,7 @@ def run(labels_path, predictions_path, out, operating_points=None, calibrate_fra
     if n_boot < 1 or min_group < 1:
         raise PipelineError("--n-boot and --min-group must be at least 1")
     if calibrate_fraction is not None:  # checked before the minutes of bootstrap, not after
-        number(calibrate_fraction, "--calibrate-split", 0.0, 1.0)
+        checked_number(calibrate_fraction, "--calibrate-split", 0.0, 1.0)
     labels = inputs.read_labels(labels_path)
     sop_study = read_image_map(images_csv) if images_csv else labels.sop_study
     preds = inputs.read_predictions(predictions_path, sop_study)

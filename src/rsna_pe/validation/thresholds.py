@@ -1,6 +1,7 @@
 """Operating points fixed in advance: per label, the threshold that reaches a target
 sensitivity on the development cross-validation (the heads' out-of-fold files), stored as
-``operating_points.json`` beside the models (a run folder or a bundle folder).
+``operating_points.json`` beside the models (a run folder) or in a model bundle
+(its format and checks: rsna_pe.infer.operating_points).
 
 A call is positive when ``p >= threshold``. The threshold for target s is the highest one
 whose development sensitivity is at least s: the ceil(s x n_pos)-th largest score of a positive.
@@ -10,12 +11,12 @@ import math
 import numpy as np
 
 from ..core.errors import PipelineError
+from ..core.io import checked_number
+from ..infer.operating_points import FILE, FORMAT, FORMAT_VERSION, RULE, validate
+from ..infer.site_files import read_doc
 from . import inputs
-from .jsonio import in_folder, number, read_json, write_json
+from .jsonio import write_checked
 
-FORMAT, FORMAT_VERSION = "rsna-pe-operating-points", 1
-FILE = "operating_points.json"
-RULE = "positive when p >= threshold"
 DEFAULT_TARGETS = (0.90, 0.95)
 
 
@@ -54,7 +55,7 @@ def from_oof(oof_paths, labels_path, targets=DEFAULT_TARGETS):
     averaged per id over the files that hold it and post-processed (as inference treats its
     ensemble), scored against the labels (train.csv layout, or any labels csv)."""
     for t in targets:
-        number(t, "target sensitivity", 0.0, 1.0)
+        checked_number(t, "target sensitivity", 0.0, 1.0)
     labels = inputs.read_labels(labels_path)
     frames = [inputs.read_submission_frame(p) for p in oof_paths]
     preds = inputs.from_submission(inputs.mean_per_id(frames), labels.sop_study, "out-of-fold files")
@@ -70,37 +71,13 @@ def from_oof(oof_paths, labels_path, targets=DEFAULT_TARGETS):
 
 def write(doc, file_or_dir):
     """Write the document to ``file_or_dir`` (a folder gets ``operating_points.json``)."""
-    path = in_folder(file_or_dir, FILE)
-    validate(doc, path)
-    write_json(path, doc)
-    return path
+    return write_checked(doc, file_or_dir, FILE, validate)
 
 
 def read(file_or_dir):
-    """The checked document of ``file_or_dir`` (a file, or a folder holding operating_points.json)."""
-    path = in_folder(file_or_dir, FILE)
-    return validate(read_json(path, FORMAT, FORMAT_VERSION), path)
-
-
-def validate(doc, path):
-    """``doc`` if it is a well-formed operating-points document, else a one-line error."""
-    if doc.get("rule") != RULE:
-        raise PipelineError(f"{path}: rule must be '{RULE}'")
-    labels = doc.get("labels")
-    if not isinstance(labels, dict) or not labels:
-        raise PipelineError(f"{path}: 'labels' must be a non-empty object")
-    for label, points in labels.items():
-        if label not in inputs.STUDY_LABELS:
-            raise PipelineError(f"{path}: unknown label '{label}' (known: {', '.join(inputs.STUDY_LABELS)})")
-        if not isinstance(points, list) or not points:
-            raise PipelineError(f"{path}: {label} must hold a non-empty list of points")
-        for i, pt in enumerate(points):
-            where = f"{path}: {label}[{i}]"
-            if not isinstance(pt, dict):
-                raise PipelineError(f"{where}: not an object")
-            number(pt.get("target_sensitivity"), f"{where}.target_sensitivity", 0.0, 1.0)
-            number(pt.get("threshold"), f"{where}.threshold", 0.0, 1.0)
-    return doc
+    """The checked document of ``file_or_dir``: a file, or a run or bundle folder holding
+    operating_points.json (a bundle's as its manifest lists and hashes it)."""
+    return read_doc(file_or_dir, FILE)
 
 
 def points_for(doc, label):
