@@ -4,6 +4,8 @@ import io
 import math
 
 import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 
 PANEL_IN = 3.0  # inches per small-multiple panel
 COLUMNS = 4
@@ -11,8 +13,6 @@ DPI = 100
 
 
 def _figure(n_panels):
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     cols = max(1, min(COLUMNS, n_panels))
     rows = max(1, math.ceil(n_panels / cols))
     fig = Figure(figsize=(PANEL_IN * cols, PANEL_IN * rows + 0.3), dpi=DPI)
@@ -79,8 +79,6 @@ def reliability(panels):
 def forest(rows, label):
     """rows: [(text, auc, [lo, hi], n)] top to bottom (the first is the whole site) -> PNG of
     the AUC of ``label`` per subgroup with its 95 % interval."""
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
     fig = Figure(figsize=(7.5, 0.9 + 0.32 * len(rows)), dpi=DPI)
     FigureCanvasAgg(fig)
     ax = fig.add_subplot(1, 1, 1)
