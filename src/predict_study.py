@@ -17,7 +17,8 @@ that is a safe folder name, else ``study-<k>`` (never an input folder's name: it
 patient's name). A study that fails, for whatever reason, is listed in the index and the others
 go on; so is a folder of files that cannot be read.
 Activation maps (Grad-CAM, rsna_pe.viz.cam) are made for the ``--cam-top-k`` most probable slices,
-or all with ``--cam-all``.
+or all with ``--cam-all``. ``--dicom-out DIR`` also writes, per series, a DICOM structured report
+(TID 1500) and key images into the source study (rsna_pe.viz.dicom_out, docs/dicom.md).
 """
 import logging
 import re
@@ -37,6 +38,7 @@ from rsna_pe.data.dicom import series_where, study_series_uids
 from rsna_pe.data.discovery import discover
 from rsna_pe.infer.ensemble import load_ensemble
 from rsna_pe.viz.cam import ensemble_cam, pick_slices
+from rsna_pe.viz.dicom_out import DicomOut, algorithm_identity, write_objects
 from rsna_pe.viz.report import draw_report
 from rsna_pe.viz.viewer import PREVIEW_SIZE, viewer_data, write_index, write_viewer
 
@@ -109,6 +111,8 @@ def predict_series(ens, series_dir, out, args, skipped=()):
     draw_report(out / "report.png", img, exam, previews, cams, title=f"study {study}")
     note = (f"Grad-CAM on {len(cams)} slice(s)" + ("" if args.cam_all else f" (top {args.cam_top_k})"))
     write_viewer(out / "viewer.html", viewer_data(study, series, infos, img, exam_d, previews, cams, note))
+    if getattr(args, "dicom", None):  # main sets it; a caller of predict_series may not
+        write_objects(args.dicom, infos, exam, img, previews, cams)
     return {"study": study, "slices": len(img), "max_prob": float(img.max()), "exam": exam_d,
             "top": np.argsort(-img, kind="stable")[:5], "img": img}
 
@@ -160,6 +164,14 @@ def _add_args(p):
     p.add_argument("--cam-all", action="store_true", help="activation maps for every slice")
     p.add_argument("--cam-batch", type=int, default=16, help="slices per Grad-CAM pass")
     p.add_argument("--preview-size", type=int, default=PREVIEW_SIZE, help="viewer/report image size")
+    p.add_argument("--dicom-out", type=Path, default=None, help="also write DICOM objects here, per "
+                   "series: a TID 1500 structured report and key images (docs/dicom.md)")
+    p.add_argument("--dicom-key-images", type=int, default=None, help="key images: the k most probable "
+                   "slices (default: --cam-top-k)")
+    p.add_argument("--dicom-uid-root", default=DicomOut.uid_root, help="root of the UIDs made "
+                   "(ends with '.'; default: pydicom's)")
+    p.add_argument("--dicom-deterministic-uids", action="store_true", help="UIDs derived from the "
+                   "input's UIDs and the models' hashes: a rerun gives the same UIDs")
 
 
 def main(argv=None):
@@ -171,10 +183,20 @@ def main(argv=None):
         raise PipelineError(f"{args.series_dir}: no DICOM files in it or its subfolders")
     out = args.out or Path("output/predict_study") / args.series_dir.name
     ens = load_ensemble(cfg, pick_device(cfg["device"]))
+    args.dicom = dicom_options(cfg, ens, args)
     if found.flat and len(found.studies) <= 1:  # one series' (or study's) own folder
         predict_folder(ens, found, out, args)
     else:
         predict_split(ens, found, out, args)
+
+
+def dicom_options(cfg, ens, args):
+    """--dicom-out's options (None: no DICOM written)."""
+    if args.dicom_out is None:
+        return None
+    k = args.cam_top_k if args.dicom_key_images is None else args.dicom_key_images
+    return DicomOut(args.dicom_out, args.dicom_uid_root, args.dicom_deterministic_uids, k,
+                    algorithm_identity(cfg, ens.sources))
 
 
 def predict_folder(ens, found, out, args):

@@ -1,0 +1,165 @@
+"""predict_study.py --dicom-out: the TID 1500 SR and the key images, read back with highdicom and
+pydicom against prediction.json, deterministic UIDs, and dciodvfy (dicom3tools) on every object."""
+import json
+import shutil
+import subprocess
+from pathlib import Path
+from types import SimpleNamespace
+
+import highdicom as hd
+import numpy as np
+import pydicom
+import pytest
+from pydicom.uid import generate_uid
+
+import predict_study
+from rsna_pe.core.config import CONFIG_DIR
+from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.labels import EXAM_LABELS
+from rsna_pe.viz.dicom_out import RESEARCH_ONLY, DicomOut, Uids, burned_in, write_objects
+
+LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
+TOP_K = 2
+
+
+def valid_uid_copy(src, dst):
+    """The legacy studies with valid DICOM UIDs: the competition's all-hex ids are not, and
+    dciodvfy rightly flags every object that carries or references them."""
+    for f in sorted(src.rglob("*.dcm")):
+        ds = pydicom.dcmread(f)
+        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
+            setattr(ds, kw, generate_uid(entropy_srcs=[str(getattr(ds, kw))]))
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        out = dst / f.relative_to(src).parent / f"{ds.SOPInstanceUID}.dcm"
+        out.parent.mkdir(parents=True, exist_ok=True)
+        ds.save_as(out)
+    return dst
+
+
+def run(studies, out, dicom):
+    predict_study.main([str(studies), "-c", str(CONFIG_DIR / "demo" / "inference.yml"),
+                        f"bundle={LEGACY / 'bundle'}", "--out", str(out), "--cam-top-k", str(TOP_K),
+                        "--dicom-out", str(dicom), "--dicom-deterministic-uids"])
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory, one_thread):
+    tmp = tmp_path_factory.mktemp("dicom_out")
+    with pytest.warns(UserWarning):  # reading the hex ids once, to replace them
+        studies = valid_uid_copy(LEGACY / "studies", tmp / "studies")
+    run(studies, tmp / "out", tmp / "dicom")
+    run(studies, tmp / "out2", tmp / "dicom2")
+    preds = {p["study"]: p for p in (json.loads(f.read_text()) for f in (tmp / "out").rglob("prediction.json"))}
+    return tmp, preds
+
+
+def objects(folder, kind):
+    return [pydicom.dcmread(f) for f in sorted(folder.glob(f"{kind}_*.dcm"))]
+
+
+def texts(ds):
+    """Every string value of a dataset, nested sequences included (str(ds) shortens long ones)."""
+    for el in ds:
+        if el.VR == "SQ":
+            for item in el.value:
+                yield from texts(item)
+        elif isinstance(el.value, str):
+            yield el.value
+        elif el.VR == "PN":
+            yield str(el.value)
+
+
+def test_sr_values_equal_prediction_json(written):
+    tmp, preds = written
+    srs = [hd.sr.srread(f) for f in sorted((tmp / "dicom").glob("SR_*.dcm"))]
+    assert sorted(sr.StudyInstanceUID for sr in srs) == sorted(preds)
+    for sr in srs:
+        pred = preds[sr.StudyInstanceUID]
+        assert sr.SeriesInstanceUID != pred["series"]  # a new series in the source study
+        exam_group, slice_group = sr.content.get_image_measurement_groups()
+        exam = {m.name.meaning: m.value for m in exam_group.get_measurements()}
+        assert list(exam) == list(EXAM_LABELS)
+        np.testing.assert_allclose(list(exam.values()), [pred["exam"][k] for k in EXAM_LABELS], atol=1e-6)
+        decisions = {q.name.meaning: q.value.meaning for q in exam_group.get_qualitative_evaluations()}
+        assert decisions == {k: "Yes" if v > 0.5 else "No" for k, v in pred["exam"].items()}
+        per_image = {m.referenced_images[0].referenced_sop_instance_uid: m.value
+                     for m in slice_group.get_measurements()}
+        assert sorted(per_image) == sorted(s["sop"] for s in pred["slices"])  # every image referenced
+        np.testing.assert_allclose([per_image[s["sop"]] for s in pred["slices"]],
+                                   [s["pe_present_on_image"] for s in pred["slices"]], atol=1e-6)
+
+
+def test_sr_copies_patient_and_names_algorithm_and_use(written):
+    tmp, preds = written
+    bundle_sha = __import__("hashlib").sha256((LEGACY / "bundle" / "manifest.json").read_bytes()).hexdigest()
+    for sr in objects(tmp / "dicom", "SR"):
+        source = next((tmp / "studies").rglob(f"{preds[sr.StudyInstanceUID]['slices'][0]['sop']}.dcm"))
+        src = pydicom.dcmread(source, stop_before_pixels=True)
+        assert (sr.PatientID, sr.PatientName, sr.StudyDate) == (src.PatientID, src.PatientName, src.StudyDate)
+        text = "\n".join(texts(sr))
+        assert RESEARCH_ONLY in text and bundle_sha in text and "rexnet200_bce.fold0.cnn" in text
+        assert str(tmp) not in text and "studies" not in text  # no file or folder names
+
+
+def test_key_images_derived_burned_in_and_referenced(written):
+    tmp, preds = written
+    by_study = {}
+    for sc in objects(tmp / "dicom", "SC"):
+        by_study.setdefault(sc.StudyInstanceUID, []).append(sc)
+        assert list(sc.ImageType)[:2] == ["DERIVED", "SECONDARY"] and sc.BurnedInAnnotation == "YES"
+        assert sc.pixel_array.ndim == 3 and sc.SeriesInstanceUID != preds[sc.StudyInstanceUID]["series"]
+    assert sorted(by_study) == sorted(preds)
+    for study, scs in by_study.items():
+        slices = preds[study]["slices"]
+        top = {slices[k]["sop"] for k in np.argsort([-s["pe_present_on_image"] for s in slices], kind="stable")[:TOP_K]}
+        assert {sc.SourceImageSequence[0].ReferencedSOPInstanceUID for sc in scs} == top
+
+
+def test_burned_in_overlay_colours_only_where_the_map_is():
+    grey = np.full((32, 32), 100, np.uint8)
+    cam = np.zeros((32, 32), np.float32)
+    cam[8:24, 8:24] = 1
+    rgb = burned_in(grey, cam)
+    assert rgb.shape == (32, 32, 3) and rgb.dtype == np.uint8
+    assert (rgb[0, 0] == 100).all()  # below the floor: the slice as it is
+    assert np.ptp(rgb[16, 16].astype(int)) > 50  # at the peak: the map's colour
+
+
+def test_deterministic_uids_equal_across_runs(written):
+    tmp, _ = written
+    first = sorted(f.name for f in (tmp / "dicom").glob("*.dcm"))
+    assert first and first == sorted(f.name for f in (tmp / "dicom2").glob("*.dcm"))
+    assert all(name.split("_", 1)[1].startswith(DicomOut.uid_root) for name in first)
+
+
+def test_uids_random_unless_deterministic_and_root_checked():
+    root = "1.2.3."
+    assert Uids(root, True, "seed")("sr") == Uids(root, True, "seed")("sr") != Uids(root, True, "other")("sr")
+    assert Uids(root, False, "seed")("sr") != Uids(root, False, "seed")("sr")
+    assert Uids(root, False, "seed")("sr").startswith(root)
+    for bad in ("1.2.3", "1.02.3.", "1.a.", "1." * 25):
+        with pytest.raises(PipelineError, match="UID root"):
+            DicomOut(Path("x"), uid_root=bad)
+
+
+def test_image_without_sop_instance_uid_is_one_line_error(tmp_path):
+    ds = pydicom.dcmread(next((LEGACY / "studies").rglob("*.dcm")))
+    del ds.SOPInstanceUID
+    ds.save_as(tmp_path / "x.dcm")
+    previews = np.zeros((1, 3, 8, 8), np.uint8)
+    with pytest.raises(PipelineError, match="no SOPInstanceUID"):
+        write_objects(DicomOut(tmp_path / "out"), [SimpleNamespace(path=tmp_path / "x.dcm")],
+                      np.full(9, 0.5), np.array([0.5]), previews, {})
+    assert not (tmp_path / "out").exists()
+
+
+def test_dciodvfy_reports_no_error(written):
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy not found: install it with `apt-get install dicom3tools` (Debian)")
+    tmp, _ = written
+    files = sorted((tmp / "dicom").glob("*.dcm"))
+    assert files
+    for f in files:
+        res = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
+        lines = (res.stdout + res.stderr).splitlines()
+        assert not [ln for ln in lines if ln.startswith("Error")], f"{f.name}:\n" + "\n".join(lines)
