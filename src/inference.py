@@ -16,8 +16,13 @@ is listed with a one-line reason in errors.csv and the log. The command then war
 (``on_error: warn``) or exits 2 and writes no submission (``on_error: fail``). A rerun with the
 same record writes nothing; another record needs ``overwrite=true`` (the old submission is
 kept as submission.prev.csv). Under torchrun the ranks share the studies and rank 0 writes.
+With ``dicom_out=DIR`` rank 0 also writes each predicted study's DICOM objects into
+``DIR/<StudyInstanceUID>/`` (a TID 1500 SR, and with ``dicom_key_images`` key images:
+rsna_pe.viz.dicom_out, docs/dicom.md); a study whose objects fail is listed in errors.csv, its
+predictions kept. Without it every output is as it would be without these keys.
 """
 import logging
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +40,7 @@ from rsna_pe.infer.ensemble import StudyReader, load_ensemble
 from rsna_pe.infer.inference_records import submission_record
 from rsna_pe.metric import to_submission, validate_submission
 from rsna_pe.records import provenance
+from rsna_pe.viz.dicom_out import DicomOut, algorithm_identity, write_study
 
 log = logging.getLogger("inference")
 
@@ -152,6 +158,30 @@ def main(argv=None):
         runtime.cleanup()
 
 
+def dicom_options(cfg, ens):
+    """The ``dicom_*`` keys' options (None: ``dicom_out`` empty, nothing written); a bad UID
+    root stops the run before any study is predicted."""
+    if not cfg["dicom_out"]:
+        return None
+    return DicomOut(Path(cfg["dicom_out"]), cfg["dicom_uid_root"], cfg["deterministic_uids"],
+                    cfg["dicom_key_images"], algorithm_identity(cfg, ens.sources))
+
+
+def write_dicom(opts, ens, dirs, results, errors):
+    """Each predicted study's objects into ``<folder>/<study>/``; a study that fails here is
+    listed in ``errors`` (one line) and keeps its predictions, the others go on."""
+    failed = {s for s, _ in errors}
+    for study in sorted(s for s in results if s not in failed):
+        folder = opts.folder / ids.checked(study, "StudyInstanceUID", f"study {ids.show(study)}")
+        sops, exam, img = results[study]
+        try:
+            write_study(replace(opts, folder=folder), ens, dirs[study], sops, exam, img)
+        except Exception as e:  # noqa: BLE001 - whatever one study's objects raise
+            reason = " ".join(f"DICOM objects: {_reason(e)}".split())
+            log.warning("study %s: %s", study, reason)
+            errors.append((study, reason))
+
+
 def _infer(cfg, d):
     if d.device.type == "cpu":
         runtime.set_cpu_threads(cfg["num_workers"], d.world)
@@ -164,6 +194,7 @@ def _infer(cfg, d):
     n_slices = sum(len(expected[s]) for s in mine)
     compile_ = runtime.resolve_compile(cfg["compile"], d.device.type, n_slices, cfg["compile_min_slices"])
     ens = load_ensemble(cfg, d.device, compile=compile_)
+    dicom = dicom_options(cfg, ens)
     if runtime.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out,
                                                     ens.calibration_info)):
         log.info("%s is up to date", out / "submission.csv")
@@ -179,6 +210,8 @@ def _infer(cfg, d):
     errors = [e for _, es, _ in gathered for e in es]
     acquisition = {k: v for _, _, a in gathered for k, v in a.items()}
     with_prior(ens, refused, expected, results, errors)
+    if dicom:
+        write_dicom(dicom, ens, dirs, results, errors)
 
     study_ids = sorted(results)
     sops = [np.asarray(results[s][0]) for s in study_ids]

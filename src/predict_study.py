@@ -168,10 +168,11 @@ def _add_args(p):
                    "series: a TID 1500 structured report and key images (docs/dicom.md)")
     p.add_argument("--dicom-key-images", type=int, default=None, help="key images: the k most probable "
                    "slices (default: --cam-top-k)")
-    p.add_argument("--dicom-uid-root", default=DicomOut.uid_root, help="root of the UIDs made "
-                   "(ends with '.'; default: pydicom's)")
+    p.add_argument("--dicom-uid-root", default=None, help="root of the UIDs made "
+                   "(ends with '.'; default: the config's dicom_uid_root)")
     p.add_argument("--dicom-deterministic-uids", action="store_true", help="UIDs derived from the "
-                   "input's UIDs and the models' hashes: a rerun gives the same UIDs")
+                   "input's UIDs and the models' hashes: a rerun gives the same UIDs (also the "
+                   "config's deterministic_uids)")
 
 
 def main(argv=None):
@@ -195,7 +196,8 @@ def dicom_options(cfg, ens, args):
     if args.dicom_out is None:
         return None
     k = args.cam_top_k if args.dicom_key_images is None else args.dicom_key_images
-    return DicomOut(args.dicom_out, args.dicom_uid_root, args.dicom_deterministic_uids, k,
+    return DicomOut(args.dicom_out, args.dicom_uid_root or cfg["dicom_uid_root"],
+                    args.dicom_deterministic_uids or cfg["deterministic_uids"], k,
                     algorithm_identity(cfg, ens.sources))
 
 

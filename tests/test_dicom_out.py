@@ -1,5 +1,6 @@
 """predict_study.py --dicom-out: the TID 1500 SR and the key images, read back with highdicom and
-pydicom against prediction.json, deterministic UIDs, and dciodvfy (dicom3tools) on every object."""
+pydicom against prediction.json, deterministic UIDs, and dciodvfy (dicom3tools) on every object;
+stage 7's dicom_out: one SR per study with submission.csv's values."""
 import json
 import shutil
 import subprocess
@@ -8,10 +9,12 @@ from types import SimpleNamespace
 
 import highdicom as hd
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.uid import generate_uid
 
+import inference
 import predict_study
 from rsna_pe.core.config import CONFIG_DIR
 from rsna_pe.core.errors import PipelineError
@@ -163,3 +166,99 @@ def test_dciodvfy_reports_no_error(written):
         res = subprocess.run(["dciodvfy", str(f)], capture_output=True, text=True)
         lines = (res.stdout + res.stderr).splitlines()
         assert not [ln for ln in lines if ln.startswith("Error")], f"{f.name}:\n" + "\n".join(lines)
+
+
+def stage7_data(studies, data):
+    """``studies`` (valid UIDs) as stage 7's input: data/test/<study>/<series>/ and test.csv."""
+    rows = []
+    for f in sorted(studies.rglob("*.dcm")):
+        ds = pydicom.dcmread(f, stop_before_pixels=True)
+        row = (ds.StudyInstanceUID, ds.SeriesInstanceUID, ds.SOPInstanceUID)
+        (data / "test" / row[0] / row[1]).mkdir(parents=True, exist_ok=True)
+        shutil.copy(f, data / "test" / row[0] / row[1] / f.name)
+        rows.append(row)
+    test = pd.DataFrame(rows, columns=["StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"])
+    test.to_csv(data / "test.csv", index=False)
+    return test
+
+
+def stage7(data, out, *keys):
+    return inference.main(["-c", str(CONFIG_DIR / "demo" / "inference.yml"), f"data_dir={data}",
+                           f"bundle={LEGACY / 'bundle'}", f"output_dir={out}", "num_workers=0", *keys])
+
+
+@pytest.fixture(scope="module")
+def stage7_written(written):
+    tmp, _ = written  # its valid-UID copy of the studies
+    test = stage7_data(tmp / "studies", tmp / "data")
+    keys = ["deterministic_uids=true", "dicom_key_images=1"]
+    for k in ("1", "2"):
+        assert stage7(tmp / "data", tmp / f"inf{k}", f"dicom_out={tmp / f'dcm{k}'}", *keys) == 0
+    assert stage7(tmp / "data", tmp / "plain") == 0
+    return tmp, test
+
+
+def test_stage7_writes_one_sr_per_study_with_the_submissions_values(stage7_written):
+    tmp, test = stage7_written
+    sub = pd.read_csv(tmp / "inf1" / "submission.csv").set_index("id")["label"]
+    for study, rows in test.groupby("StudyInstanceUID"):
+        srs = [hd.sr.srread(f) for f in (tmp / "dcm1" / study).glob("SR_*.dcm")]
+        assert len(srs) == 1 and srs[0].StudyInstanceUID == study
+        exam_group, slice_group = srs[0].content.get_image_measurement_groups()
+        np.testing.assert_allclose([m.value for m in exam_group.get_measurements()],
+                                   [sub[f"{study}_{k}"] for k in EXAM_LABELS], atol=1e-6)
+        per_image = {m.referenced_images[0].referenced_sop_instance_uid: m.value
+                     for m in slice_group.get_measurements()}
+        assert sorted(per_image) == sorted(rows["SOPInstanceUID"])  # every image referenced
+        np.testing.assert_allclose([per_image[s] for s in rows["SOPInstanceUID"]],
+                                   sub[rows["SOPInstanceUID"]].to_numpy(), atol=1e-6)
+        scs = objects(tmp / "dcm1" / study, "SC")  # dicom_key_images=1: the most probable slice
+        assert [sc.SourceImageSequence[0].ReferencedSOPInstanceUID for sc in scs] == [max(per_image, key=per_image.get)]
+
+
+def test_stage7_deterministic_uids_equal_across_runs(stage7_written):
+    tmp, _ = stage7_written
+    first = sorted(str(f.relative_to(tmp / "dcm1")) for f in (tmp / "dcm1").rglob("*.dcm"))
+    assert first and first == sorted(str(f.relative_to(tmp / "dcm2")) for f in (tmp / "dcm2").rglob("*.dcm"))
+
+
+def test_stage7_without_dicom_out_writes_no_object_and_the_same_submission(stage7_written):
+    tmp, _ = stage7_written
+    assert sorted(p.name for p in (tmp / "plain").iterdir()) == sorted(p.name for p in (tmp / "inf1").iterdir())
+    assert not list((tmp / "plain").rglob("*.dcm"))
+    assert (tmp / "plain" / "submission.csv").read_bytes() == (tmp / "inf1" / "submission.csv").read_bytes()
+    assert pd.read_csv(tmp / "plain" / "errors.csv").empty
+    records = [json.loads((tmp / d / "record.json").read_text()) for d in ("plain", "inf1")]
+    decisive = [{k: r[k] for k in ("stage", "params", "inputs")} for r in records]
+    assert decisive[0] == decisive[1]  # the dicom_* keys change no prediction
+
+
+def test_stage7_study_whose_objects_fail_is_listed_and_the_rest_go_on(stage7_written, monkeypatch):
+    tmp, test = stage7_written
+    bad = sorted(test["StudyInstanceUID"].unique())[0]
+    real = inference.write_study
+
+    def failing(opts, ens, series_dir, *a):
+        if opts.folder.name == bad:
+            raise RuntimeError("disk full")
+        return real(opts, ens, series_dir, *a)
+
+    monkeypatch.setattr(inference, "write_study", failing)
+    assert stage7(tmp / "data", tmp / "inf3", f"dicom_out={tmp / 'dcm3'}") == 0
+    errors = pd.read_csv(tmp / "inf3" / "errors.csv")
+    assert list(errors["StudyInstanceUID"]) == [bad] and "disk full" in errors["reason"][0]
+    assert sorted(p.name for p in (tmp / "dcm3").iterdir()) == sorted(set(test["StudyInstanceUID"]) - {bad})
+    assert len(list((tmp / "dcm3").rglob("SC_*.dcm"))) == 0  # dicom_key_images 0: the SR only
+
+
+def test_predict_study_takes_deterministic_uids_from_the_config_or_the_flag():
+    ens = SimpleNamespace(sources=[])
+    cfg = {"bundle": "", "checkpoints": ["x"], "dicom_uid_root": "1.2.3.", "deterministic_uids": True}
+    args = SimpleNamespace(dicom_out=Path("d"), cam_top_k=2, dicom_key_images=None, dicom_uid_root=None,
+                           dicom_deterministic_uids=False)
+    opts = predict_study.dicom_options(cfg, ens, args)
+    assert (opts.deterministic, opts.uid_root, opts.key_images) == (True, "1.2.3.", 2)
+    args.dicom_uid_root, args.dicom_deterministic_uids = "1.5.", True
+    opts = predict_study.dicom_options({**cfg, "deterministic_uids": False}, ens, args)
+    assert (opts.deterministic, opts.uid_root) == (True, "1.5.")
+    assert not predict_study.dicom_options(cfg, ens, SimpleNamespace(dicom_out=None))

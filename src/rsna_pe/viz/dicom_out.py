@@ -26,10 +26,11 @@ from pydicom.uid import PYDICOM_ROOT_UID, generate_uid
 from ..core.errors import PipelineError
 from ..core.io import atomic_path
 from ..core.labels import EXAM_LABELS
-from ..data.dicom import hex_uids_accepted
+from ..data.dicom import hex_uids_accepted, read_series_order
 from ..infer.bundle import MANIFEST
+from .cam import ensemble_cam, pick_slices
 from .report import PE_CHANNEL
-from .viewer import cam_overlay
+from .viewer import PREVIEW_SIZE, cam_overlay
 
 RESEARCH_ONLY = "Research use only, not for diagnosis"
 MANUFACTURER = "rsna_pe"
@@ -212,3 +213,19 @@ def _write_objects(opts, infos, exam, img, previews, cams):
         written.append(path)
     return written
 
+
+def write_study(opts, ens, series_dir, sops, exam, img):
+    """Stage 7: the objects of one predicted series (``sops`` in the order of ``img``). Only with
+    key images is the series decoded again, for previews and the Grad-CAM of those slices alone;
+    the SR needs the headers only."""
+    if opts.key_images <= 0:
+        infos, images, previews = read_series_order(series_dir), None, None
+    else:
+        infos, images, previews = ens.read_with(series_dir, [PREVIEW_SIZE])
+        previews = previews[PREVIEW_SIZE]
+    by_sop = dict(zip(sops, np.asarray(img)))
+    img = np.array([by_sop[i.sop] for i in infos])  # the SR lists the slices in z order
+    picked, maps = pick_slices(img, opts.key_images), []
+    if len(picked):  # a lung-cropped CNN's box costs a read: only where a map is drawn
+        maps = ensemble_cam(ens, images, picked, PREVIEW_SIZE, regions=ens.crop_regions(series_dir))
+    return write_objects(opts, infos, exam, img, previews, {int(k): m for k, m in zip(picked, maps)})
