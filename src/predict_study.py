@@ -45,19 +45,28 @@ from rsna_pe.viz.viewer import PREVIEW_SIZE, viewer_data, write_index, write_vie
 log = logging.getLogger("predict_study")
 
 
+# Files the run writes beside the studies' folders: no study may be named like one.
+RESERVED = {"index.html"}
+
+
 def output_names(uids):
     """Each study's output folder and name on the pages, from its StudyInstanceUID (None: a
     folder of unreadable files): the UID where it is a safe folder name (rsna_pe.core.ids), else
     ``study-<k>`` (k: its place in the run's order, by first file). Input folder and file names
     never appear: they may hold a patient's name."""
     fallback = [f"study-{k + 1}" for k in range(len(uids))]
-    return [u if u is not None and is_safe(u) and u not in fallback else f for u, f in zip(uids, fallback)]
+    taken = set(fallback) | RESERVED
+    return [u if u is not None and is_safe(u) and u not in taken else f for u, f in zip(uids, fallback)]
+
+
+def _message(e):
+    """A PipelineError's own message, else the exception's type and message."""
+    return str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
 
 
 def one_line(e):
-    """An exception as one line: a PipelineError's own message, else its type and message."""
-    text = str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-    return " ".join(text.split())
+    """An exception as one line (see _message)."""
+    return " ".join(_message(e).split())
 
 
 def page_reason(e, root, files=()):
@@ -69,9 +78,12 @@ def page_reason(e, root, files=()):
         names |= {str(f.parent), str(f.parent.resolve())}
         names |= {n for p in (f.relative_to(root) if f.is_relative_to(root) else f).parts
                   for n in (p, Path(p).stem)}
-    text = one_line(e)
+    # Names replaced in the message as raised, before whitespace is squashed: a name holding a
+    # tab or two spaces would no longer match afterwards.
+    text = _message(e)
     for name in sorted((n for n in names if len(n) > 1), key=len, reverse=True):  # "a" tells nothing
         text = text.replace(name, "…")
+    text = " ".join(text.split())
     return re.sub(r"[^\s:;,()'\"]*/[^\s:;,()'\"]*", "…", text)  # any other path (a config's, ...)
 
 

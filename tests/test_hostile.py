@@ -710,6 +710,8 @@ DAMAGE = [
     (f"{CNN}.json", _drop("config.dataset.fold"), [f"{CNN}.json", "key 'config.dataset.fold' is missing"]),
     (f"{CNN}.json", _set("config.dataset.fold", "0"), [f"{CNN}.json", "'config.dataset.fold' is a string"]),
     (f"{CNN}.json", _set("config.dataset.size", True), [f"{CNN}.json", "'config.dataset.size' is a boolean"]),
+    (f"{CNN}.json", _set("config.dataset.size", 0), [f"{CNN}.json", "'config.dataset.size' is 0, expected 1 to"]),
+    (f"{CNN}.json", _set("config.dataset.size", -64), [f"{CNN}.json", "'config.dataset.size' is -64"]),
     (f"{CNN}.json", _set("weights", f"../{CNN}.safetensors"), [f"{CNN}.json", "'weights'", "not a plain file name"]),
     (f"{CNN}.json", _set("config.model.hidden", [256]), [f"{CNN}.json", "key 'config' is not usable"]),
     (f"{CNN}.json", _set("config.model.exam_targets", "all"), [f"{CNN}.json", "key 'config'"]),
@@ -827,13 +829,33 @@ def test_wrong_types_in_the_model_lists_are_one_line(override, words):
     (export_models, ["--out", "unused", "folds=[]"]),
     (export_models, ["--out", "unused", "checkpoints=[{cnn: 1"]),
     (train_rsna, ["-c", "LOOP", "dataset.fold=0"]),
+    # a config without its base: every key of the stage's own config is missing
+    (export_models, ["--out", "unused", "-c", "EMPTY"]),
+    (inference, ["-c", "EMPTY"]),
+    (predict_study, ["unused", "-c", "EMPTY"]),
 ])
 def test_bad_configs_exit_2_with_one_line(stage, argv, tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     _yaml(tmp_path / "loop.yml", "base: loop.yml\n")
-    argv = [str(tmp_path / "loop.yml") if a == "LOOP" else a for a in argv]
+    _yaml(tmp_path / "empty.yml", "base: ''\n")
+    files = {"LOOP": "loop.yml", "EMPTY": "empty.yml"}
+    argv = [str(tmp_path / files[a]) if a in files else a for a in argv]
     with pytest.raises(SystemExit) as e:
         cli.run(lambda: stage.main(argv))
     err = capsys.readouterr().err.strip().splitlines()
     assert e.value.code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert not (tmp_path / "unused").exists()
+
+
+def test_page_reasons_hide_names_with_tabs_and_double_spaces(tmp_path):
+    # whitespace in a name must not let it through once the reason is made one line
+    root = tmp_path / "in"
+    files = [root / "DOE\tJOHN7" / "s" / "DOE\tJOHN7-1.dcm", root / "SMITH  ANNA" / "ANNA  X.dcm"]
+    for f in files:
+        err = PipelineError(f"{f.parent}: 1 file not readable DICOM (first: {f}: bad)")
+        text = predict_study.page_reason(err, root, [f])
+        assert "JOHN" not in text and "ANNA" not in text and "\n" not in text, text
+
+
+def test_a_study_named_like_the_index_gets_a_positional_folder():
+    assert predict_study.output_names(["index.html", "1.2.3", None]) == ["study-1", "1.2.3", "study-3"]

@@ -31,7 +31,19 @@ def parse(description, default=None, argv=None, add_args=None):
     path = args.config or (default_config(default) if default else None)
     if path is None:
         p.error("-c/--config is required")
-    return load_config(path, args.overrides), args
+    cfg = load_config(path, args.overrides)
+    if default and args.config:
+        _check_complete(cfg, path, default)
+    return cfg, args
+
+
+def _check_complete(cfg, path, default):
+    """A config must hold every top-level key of the stage's own config (most inherit it with
+    ``base:``): a missing one would otherwise surface as a traceback deep in the stage."""
+    missing = [k for k in load_config(default_config(default)) if k not in cfg and k != "run_name"]
+    if missing:
+        raise ConfigError(f"config {path}: missing key '{missing[0]}' ({len(missing)} missing; a stage config "
+                          f"holds every key of configs/{default}, usually by base: on it)")
 
 
 def _config_arg(argv):

@@ -198,6 +198,7 @@ def write_bundle(out, files, pairs, base=None):
 
 # ----------------------------------------------------------------------------- load
 KINDS = ("cnn", "rnn")
+MAX_INPUT_SIZE = 2048  # px; a CT slice is 512, so anything above is damage
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _JSON_TYPES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "a boolean", type(None): "null"}
@@ -353,6 +354,9 @@ def _entry(bundle, files, name, kind):
     cfg = entry["config"]
     if kind == "cnn":
         offline_backbone(cfg["model"].get("backbone"), f"{path}: key 'config.model.backbone'")
+        if not 0 < cfg["dataset"]["size"] <= MAX_INPUT_SIZE:  # else every study fails, silently given the prior
+            raise PipelineError(f"{path}: key 'config.dataset.size' is {cfg['dataset']['size']}, expected "
+                                f"1 to {MAX_INPUT_SIZE}")
     return entry, path
 
 
