@@ -34,7 +34,7 @@ def main(argv=None):
     cfg, args = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv, add_args=add)
     site = site_files.given(args.operating_points, args.calibration)
     if args.from_bundle:
-        manifest = site_files.derive(args.from_bundle, args.out, site, overwrite=args.overwrite)
+        manifest = bundle.derive(args.from_bundle, args.out, site, overwrite=args.overwrite)
     else:
         manifest = bundle.export(resolve_pairs(cfg), args.out, overwrite=args.overwrite, inference_cfg=cfg,
                                  site=site)

@@ -11,7 +11,7 @@
     manifest.json        format name and version, the CNN/head pairs, every file's sha256
 
 and, when given, a site's ``operating_points.json`` and ``calibration.json`` (checked by
-rsna_pe.infer.operating_points and rsna_pe.infer.calibration; rsna_pe.infer.site_files adds
+rsna_pe.infer.operating_points and rsna_pe.infer.calibration; ``derive`` adds
 them to a new bundle made from an existing one).
 
 ``load_bundle`` treats a bundle as data from a stranger. It reads each file once (no symbolic
@@ -26,13 +26,9 @@ files, parsed from those same verified bytes; the ensemble applies a calibration
 (rsna_pe.infer.ensemble).
 """
 import contextlib
-import hashlib
 import json
 import logging
 import math
-import os
-import re
-import stat
 from pathlib import Path
 
 from ..core.errors import PipelineError
@@ -45,26 +41,25 @@ from ..models.cnn import offline_backbone
 from ..models.networks import build_network, output_labels, without_pretrained
 from ..train.checkpoint import read_checkpoint
 from . import calibration
-from .bundle_card import model_card
+from .bundle_card import model_card, with_site_section
+from .bundle_files import (
+    CALIBRATED_VERSION,
+    CARD,
+    FORMAT,
+    FORMAT_VERSION,
+    KINDS,
+    MANIFEST,
+    POSTPROCESS,
+    key_of,
+    listed,
+    plain_name,
+    read_bundle,
+    sha256_hex,
+)
 from .pairs import head_mismatch, jpeg_settings, mean_prior
 from .site_files import SITE_FILES
 
 log = logging.getLogger(__name__)
-
-FORMAT = "rsna-pe-model-bundle"
-FORMAT_VERSION = 1
-# A bundle that carries a calibration is version 2, so that code which reads only version 1
-# (and would ignore the calibration) refuses it instead of predicting uncalibrated.
-CALIBRATED_VERSION = 2
-READ_VERSIONS = (FORMAT_VERSION, CALIBRATED_VERSION)
-MANIFEST = "manifest.json"
-CARD = "MODEL_CARD.md"
-# metric.postprocess: the original solution's consistency rules (PIPELINE.md section 6).
-POSTPROCESS = "rsna-str-pe-consistency-v1"
-
-
-def _sha256(data):
-    return hashlib.sha256(data).hexdigest()
 
 
 def _json_bytes(obj, where):
@@ -142,7 +137,7 @@ def _add_model(files, models, names, kind, path):
     name = f"{cfg.get('run_name', Path(path).parent.parent.name)}.fold{cfg.get('dataset', {}).get('fold')}.{kind}"
     if name in names.values():  # e.g. two checkpoints of one run: keep both, apart
         name = f"{name}.{Path(path).stem}"
-    _plain_name(name, path, "run_name")  # loading refuses names with folders in them
+    plain_name(name, path, "run_name")  # loading refuses names with folders in them
     entry = _model_entry(kind, path, ckpt, name)
     files[entry["weights"]] = _weights_bytes(ckpt["model"])
     files[f"{name}.json"] = _json_bytes(entry, path)
@@ -186,57 +181,23 @@ def write_bundle(out, files, pairs, base=None):
     manifest = {"format": FORMAT, "format_version": version, "pairs": pairs,
                 "postprocess": POSTPROCESS, "labels": list(LABELS),
                 **({"derived_from": {"manifest_sha256": base}} if base else {}),
-                "files": {k: _sha256(v) for k, v in sorted(files.items())}}
+                "files": {k: sha256_hex(v) for k, v in sorted(files.items())}}
     raw = _json_bytes(manifest, out / MANIFEST)
     with atomic_dir(out) as tmp:
         for name, data in files.items():
             (tmp / name).write_bytes(data)
         (tmp / MANIFEST).write_bytes(raw)
-    log.info("wrote %s: %d pairs, %d files; manifest sha256 %s", out, len(pairs), len(files), _sha256(raw))
+    log.info("wrote %s: %d pairs, %d files; manifest sha256 %s", out, len(pairs), len(files), sha256_hex(raw))
     return manifest
 
 
-# ----------------------------------------------------------------------------- load
-KINDS = ("cnn", "rnn")
 MAX_INPUT_SIZE = 2048  # px; a CT slice is 512, so anything above is damage
-_SHA256 = re.compile(r"[0-9a-f]{64}")
-_JSON_TYPES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
-               bool: "a boolean", type(None): "null"}
 # What loading reads of a model's JSON, beyond ``kind`` and ``config.network`` (the Ensemble
 # reads the CNN's input size and the JPEG settings in its record).
 _REQUIRED = (("weights", str), ("labels", dict), ("config.model", dict), ("config.run_name", str),
              ("config.dataset.fold", int))
 _REQUIRED_OF = {"cnn": (("config.dataset.size", int), ("record", dict)),
                 "rnn": (("config.dataset.cnn_run", str),)}
-
-
-def _plain_name(name, where, key):
-    """``name`` if it is a plain file name: a bundle's files sit in its folder, and a name with
-    folders in it is refused, never cut to its last part."""
-    if not isinstance(name, str) or name in ("", ".", "..") or any(c in name for c in "/\\\0"):
-        raise PipelineError(f"{where}: key '{key}': {name!r:.80} is not a plain file name")
-    return name
-
-
-def _at(obj, key, types, where):
-    """``obj[key]`` for a dotted ``key`` (list items by number), checked to be of ``types`` (a
-    bool is not an int here): damage stops with one line naming the file and the key."""
-    node = obj
-    for i, part in enumerate(key.split(".")):
-        if isinstance(node, list) and part.isdigit() and int(part) < len(node):
-            node = node[int(part)]
-        elif isinstance(node, dict) and part in node:
-            node = node[part]
-        else:
-            inside = "'" + ".".join(key.split(".")[:i]) + "'" if i else "the file"
-            what = "" if isinstance(node, dict) else f" ({inside} is {_JSON_TYPES.get(type(node), 'not JSON')})"
-            raise PipelineError(f"{where}: key '{key}' is missing{what}")
-    types = types if isinstance(types, tuple) else (types,)
-    if not isinstance(node, types) or (isinstance(node, bool) and bool not in types):
-        want = " or ".join(_JSON_TYPES.get(t, t.__name__) for t in types)
-        raise PipelineError(f"{where}: key '{key}' is {_JSON_TYPES.get(type(node), type(node).__name__)}, "
-                            f"expected {want}")
-    return node
 
 
 @contextlib.contextmanager
@@ -254,103 +215,17 @@ def _one_line(where, key):
                             f"{(str(e).splitlines() or [''])[0][:120]})") from None
 
 
-def _read_plain(path):
-    """The bytes of ``path`` (None if absent), read once, if it is a regular file: a symbolic
-    link is refused, not followed, even one made after the folder was listed."""
-    try:
-        fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
-    except FileNotFoundError:
-        return None
-    except OSError as e:
-        if Path(path).is_symlink():
-            raise PipelineError(f"{path}: a symbolic link; a bundle holds plain files only") from None
-        raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
-        os.close(fd)
-        raise PipelineError(f"{path}: not a regular file")
-    with os.fdopen(fd, "rb") as f:
-        return f.read()
-
-
-def read_bundle(bundle):
-    """-> (manifest, {listed file name: its bytes}, sha256 of the manifest's bytes), after
-    checking the manifest's structure, format and version and every listed file's sha256.
-    Each file is read once: what is hashed is what is parsed and loaded."""
-    bundle = Path(bundle)
-    links = sorted(p.name for p in bundle.iterdir() if p.is_symlink()) if bundle.is_dir() else []
-    if links:
-        raise PipelineError(f"{bundle / links[0]}: a symbolic link; a bundle holds plain files only")
-    path = bundle / MANIFEST
-    raw = _read_plain(path)
-    if raw is None:
-        raise PipelineError(f"{path}: not found ({bundle} is not a model bundle)")
-    manifest = _check_manifest(strict_loads(raw, path), path)
-    files = {name: _verified(bundle / name, digest) for name, digest in manifest["files"].items()}
-    return manifest, files, _sha256(raw)
-
-
-def read_verified(bundle, name):
-    """The bytes of the file ``name`` of a bundle if its manifest (checked) lists it and its
-    sha256 matches, None if it is not listed; the other files are not read."""
-    path = Path(bundle) / MANIFEST
-    raw = _read_plain(path)
-    if raw is None:
-        raise PipelineError(f"{path}: not found ({bundle} is not a model bundle)")
-    digest = _check_manifest(strict_loads(raw, path), path)["files"].get(name)
-    return None if digest is None else _verified(Path(bundle) / name, digest)
-
-
-def _check_manifest(manifest, path):
-    if not isinstance(manifest, dict) or manifest.get("format") != FORMAT:
-        raise PipelineError(f"{path}: not a {FORMAT} manifest")
-    version = manifest.get("format_version")
-    if type(version) is not int or version not in READ_VERSIONS:  # true == 1 in Python, yet no version
-        raise PipelineError(f"{path}: bundle format version {version!r:.40}, this code reads versions "
-                            f"{' and '.join(map(str, READ_VERSIONS))}")
-    for name, digest in _at(manifest, "files", dict, path).items():
-        _plain_name(name, path, "files")
-        if not (isinstance(digest, str) and _SHA256.fullmatch(digest)):
-            raise PipelineError(f"{path}: key 'files' gives {name!r:.80} no sha256 (64 hex digits)")
-    if not _at(manifest, "pairs", list, path):
-        raise PipelineError(f"{path}: key 'pairs' is empty")
-    for i in range(len(manifest["pairs"])):
-        for kind in KINDS:
-            _plain_name(_at(manifest, f"pairs.{i}.{kind}", str, path), path, f"pairs.{i}.{kind}")
-    if _at(manifest, "labels", list, path) != list(LABELS):
-        raise PipelineError(f"{path}: label order {manifest['labels']!r:.200} differs from {list(LABELS)}")
-    if manifest.get("postprocess") != POSTPROCESS:
-        raise PipelineError(f"{path}: key 'postprocess' is {manifest.get('postprocess')!r:.80}, this "
-                            f"code applies {POSTPROCESS}")
-    return manifest
-
-
-def _verified(path, digest):
-    data = _read_plain(path)
-    if data is None:
-        raise PipelineError(f"{path}: listed in the bundle's {MANIFEST} but missing")
-    if _sha256(data) != digest:
-        raise PipelineError(f"{path}: sha256 does not match the bundle's {MANIFEST} "
-                            "(file modified or corrupt); refusing to load")
-    return data
-
-
-def _listed(bundle, files, name):
-    if name not in files:
-        raise PipelineError(f"{Path(bundle) / name}: not listed in the bundle's {MANIFEST}")
-    return files[name]
-
-
 def _entry(bundle, files, name, kind):
     """-> (a model's JSON, its path), its structure checked as far as loading reads it."""
     path = Path(bundle) / f"{name}.json"
-    entry = strict_loads(_listed(bundle, files, path.name), path)
-    got = (_at(entry, "kind", str, path), _at(entry, "config.network", str, path))
+    entry = strict_loads(listed(bundle, files, path.name), path)
+    got = (key_of(entry, "kind", str, path), key_of(entry, "config.network", str, path))
     if got != (kind, kind):
         raise PipelineError(f"{path}: keys 'kind' and 'config.network' are {got[0]!r:.20} and "
                             f"{got[1]!r:.20}; the manifest pairs it as the {kind}")
     for key, types in _REQUIRED + _REQUIRED_OF[kind]:
-        _at(entry, key, types, path)
-    _plain_name(entry["weights"], path, "weights")
+        key_of(entry, key, types, path)
+    plain_name(entry["weights"], path, "weights")
     cfg = entry["config"]
     if kind == "cnn":
         offline_backbone(cfg["model"].get("backbone"), f"{path}: key 'config.model.backbone'")
@@ -379,7 +254,7 @@ def _load_model(bundle, files, name, kind, device):
     if entry["labels"] != want:
         raise PipelineError(f"{path}: output labels {entry['labels']!r:.200} are not in this code's order {want}")
     weights = Path(bundle) / entry["weights"]
-    data = _listed(bundle, files, weights.name)
+    data = listed(bundle, files, weights.name)
     try:
         state = safetensors.torch.load(data)
     except Exception as e:  # noqa: BLE001 - safetensors raises its own error type
@@ -391,13 +266,13 @@ def _load_model(bundle, files, name, kind, device):
         raise PipelineError(f"{weights}: weights do not fit the model its json describes "
                             f"({str(e).splitlines()[0]})") from None
     # What Ensemble reads of a checkpoint (its config and record), and the weights' hash.
-    return model.to(device).eval(), {"config": cfg, "record": entry.get("record")}, _sha256(data)
+    return model.to(device).eval(), {"config": cfg, "record": entry.get("record")}, sha256_hex(data)
 
 
 def _prior(bundle, files):
     """The mean label prior of ``prior.json``: a probability for each label."""
     path = Path(bundle) / PRIOR_FILE
-    mean = _at(strict_loads(_listed(bundle, files, PRIOR_FILE), path), "mean", dict, path)
+    mean = key_of(strict_loads(listed(bundle, files, PRIOR_FILE), path), "mean", dict, path)
     if set(mean) != set(LABELS) or not all(type(v) in (int, float) and 0 <= v <= 1 for v in mean.values()):
         raise PipelineError(f"{path}: key 'mean' must give each of the {len(LABELS)} labels a probability")
     return mean
@@ -436,3 +311,18 @@ def open_bundle(bundle, device="cpu"):
              "".join(f", {name}" for name in site), manifest_sha)
     return members, prior, sources, site
 
+
+def derive(src, out, site, overwrite=False):
+    """A new bundle in ``out``: the bundle ``src`` (every file verified) with the site files
+    ``site`` (``given``) added or replaced, its model card naming them, its manifest naming the
+    source's manifest sha256; -> the new manifest."""
+    out = Path(out)
+    if not site:
+        raise PipelineError(f"{out}: nothing to add to {src} (give operating points or a calibration)")
+    refuse_full(out, overwrite)
+    manifest, files, sha = read_bundle(src)
+    docs = site_docs(src, files)
+    docs.update({name: doc for name, (_, doc) in site.items()})
+    files.update({name: data for name, (data, _) in site.items()})
+    files[CARD] = with_site_section(files.get(CARD, b"").decode("utf-8", "replace"), docs).encode()
+    return write_bundle(out, files, manifest["pairs"], base=sha)

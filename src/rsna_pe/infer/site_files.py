@@ -4,7 +4,7 @@
 They are read where validation wrote them (the file, or the run, validation or bundle folder
 holding it; from a bundle only as its manifest lists and hashes it) and checked before they go
 into a bundle: a new one (``export_models.py --operating-points --calibration``) or one made
-from an existing bundle (``derive``). Loading a bundle parses them from its verified bytes
+from an existing bundle (rsna_pe.infer.bundle.derive). Loading a bundle parses them from its verified bytes
 (rsna_pe.infer.bundle.open_bundle).
 """
 from pathlib import Path
@@ -13,6 +13,7 @@ from ..core.errors import PipelineError
 from ..core.io import in_folder
 from . import calibration as _calibration
 from . import operating_points as _operating_points
+from .bundle_files import MANIFEST, read_verified
 
 CALIBRATION, OPERATING_POINTS = _calibration.FILE, _operating_points.FILE
 # Each site file's parser: its bytes (or text) and where they come from -> the checked document.
@@ -24,8 +25,6 @@ def read_bytes(file_or_dir, name):
     folder; in a model bundle's folder, only if its manifest lists it and the sha256 matches."""
     folder = Path(file_or_dir)
     if folder.is_dir():
-        # Imported here: the bundle module brings torch and timm, which a plain file does without.
-        from .bundle import MANIFEST, read_verified
         if (folder / MANIFEST).is_file():
             data = read_verified(folder, name)
             if data is None:
@@ -53,21 +52,3 @@ def given(operating_points=None, calibration=None):
             out[name] = (data, SITE_FILES[name](data, path))
     return out
 
-
-def derive(src, out, site, overwrite=False):
-    """A new bundle in ``out``: the bundle ``src`` (every file verified) with the site files
-    ``site`` (``given``) added or replaced, its model card naming them, its manifest naming the
-    source's manifest sha256; -> the new manifest."""
-    from .bundle import CARD, read_bundle, refuse_full, site_docs, write_bundle
-    from .bundle_card import with_site_section
-
-    out = Path(out)
-    if not site:
-        raise PipelineError(f"{out}: nothing to add to {src} (give operating points or a calibration)")
-    refuse_full(out, overwrite)
-    manifest, files, sha = read_bundle(src)
-    docs = site_docs(src, files)
-    docs.update({name: doc for name, (_, doc) in site.items()})
-    files.update({name: data for name, (data, _) in site.items()})
-    files[CARD] = with_site_section(files.get(CARD, b"").decode("utf-8", "replace"), docs).encode()
-    return write_bundle(out, files, manifest["pairs"], base=sha)
