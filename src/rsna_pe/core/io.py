@@ -117,6 +117,19 @@ def strict_json(obj, where, **dumps_kwargs):
         raise PipelineError(f"{where}: not written, a value is not finite ({e})") from None
 
 
+def json_ready(obj):
+    """``obj`` for strict JSON: numpy scalars and arrays as Python values, and each non-finite
+    number as null (a measurement that is undefined, such as the AUC of a one-class set, must
+    not make the file invalid JSON)."""
+    if isinstance(obj, dict):
+        return {str(k): json_ready(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple, np.ndarray)):
+        return [json_ready(v) for v in obj]
+    if isinstance(obj, np.generic):
+        obj = obj.item()
+    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
+
+
 def strict_loads(data, where):
     """JSON from text or bytes, strictly (NaN and Infinity are not JSON); anything else is a
     one-line error naming ``where``."""

@@ -28,11 +28,10 @@ files, parsed from those same verified bytes; the ensemble applies a calibration
 import contextlib
 import json
 import logging
-import math
 from pathlib import Path
 
 from ..core.errors import PipelineError
-from ..core.io import atomic_dir, strict_json, strict_loads
+from ..core.io import atomic_dir, json_ready, strict_json, strict_loads
 from ..core.labels import IMAGE_LABEL, LABELS
 from ..core.paths import PRIOR_FILE
 from ..data.model_input import input_channels, input_kind
@@ -66,15 +65,6 @@ def _json_bytes(obj, where):
     return (strict_json(obj, where, indent=1, sort_keys=False) + "\n").encode()
 
 
-def _finite(obj):
-    """``obj`` with each non-finite number as null: a measurement that is undefined (the AUC of
-    a one-class validation set is NaN) must not make the file invalid JSON."""
-    if isinstance(obj, dict):
-        return {k: _finite(v) for k, v in obj.items()}
-    if isinstance(obj, list):
-        return [_finite(v) for v in obj]
-    return None if isinstance(obj, float) and not math.isfinite(obj) else obj
-
 
 def label_groups(kind, cfg):
     """The labels of a ``kind`` model's outputs (rsna_pe.models.networks.output_labels) as its JSON
@@ -93,7 +83,7 @@ def _model_entry(kind, path, ckpt, name):
              "labels": label_groups(kind, cfg),
              "source": {"run_name": cfg.get("run_name"), "fold": ds.get("fold"),
                         "checkpoint": Path(path).name, "epoch": ckpt.get("epoch"),
-                        "step": ckpt.get("step"), "metrics": _finite(ckpt.get("metrics", {}))}}
+                        "step": ckpt.get("step"), "metrics": json_ready(ckpt.get("metrics", {}))}}
     if kind == "cnn":
         what = input_kind(cfg)
         entry["input"] = {"size": ds.get("size"), "jpeg_size": cfg.get("jpeg_size"),
@@ -106,7 +96,7 @@ def _model_entry(kind, path, ckpt, name):
         entry["postprocess"] = POSTPROCESS
         entry["prior"] = _read_json(run / PRIOR_FILE, "label prior of the head's run")
         scores = run / "scores.json"
-        entry["cv"] = _finite(_read_json(scores, "scores")) if scores.is_file() else None
+        entry["cv"] = json_ready(_read_json(scores, "scores")) if scores.is_file() else None
     return entry
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 
 from .. import metric
-from ..core.io import atomic_to_csv, atomic_write_text
+from ..core.io import atomic_to_csv, atomic_write_text, json_ready
 from ..core.labels import N_EXAM
 from ..core.paths import PRIOR_FILE
 
@@ -28,8 +28,7 @@ def _bce_logits(logits, target):
 
 def _records(df):
     """A per-label table as JSON-ready rows; NaN (e.g. an AUC of one class) becomes null."""
-    return [{k: (None if isinstance(v, float) and not np.isfinite(v) else v) for k, v in row.items()}
-            for row in df.to_dict(orient="records")]
+    return [json_ready(row) for row in df.to_dict(orient="records")]
 
 
 def merge_outputs(outs):
