@@ -34,7 +34,7 @@ from rsna_pe.core.io import atomic_write_json
 from rsna_pe.core.labels import EXAM_LABELS
 from rsna_pe.core.runtime import pick_device
 from rsna_pe.data.acquisition import series_acquisition
-from rsna_pe.data.dicom import series_where, study_series_uids
+from rsna_pe.data.dicom import series_where
 from rsna_pe.data.discovery import discover
 from rsna_pe.infer.ensemble import load_ensemble
 from rsna_pe.viz.cam import ensemble_cam, pick_slices
@@ -107,7 +107,8 @@ def predict_series(ens, series_dir, out, args, skipped=()):
     # from the same single decode as the models' input.
     infos, images, previews = ens.read_with(series_dir, [args.preview_size])
     exam, img = ens.predict(images)
-    study, series = study_series_uids(infos[0].path)
+    # The headers were read with the slices: no second read of the first file.
+    study, series = infos[0].study or "unknown", infos[0].series or "unknown"
     cams = activation_maps(ens, images, img, args, series_dir)
     exam_d = {k: float(v) for k, v in zip(EXAM_LABELS, exam)}
     result = {"series_dir": series_where(series_dir), "study": study, "series": series, "exam": exam_d,

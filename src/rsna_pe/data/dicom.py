@@ -158,13 +158,6 @@ def slice_info(path, index, ds=None):
         raise DicomReadError(path, f"unreadable header value ({type(e).__name__}: {e})") from None
 
 
-@_quiet_hex_uids
-def study_series_uids(path):
-    """(StudyInstanceUID, SeriesInstanceUID) from one slice's header ('unknown' where absent)."""
-    ds = read_dataset(path, header_only=True)
-    return str(ds.get("StudyInstanceUID", "unknown")), str(ds.get("SeriesInstanceUID", "unknown"))
-
-
 def warn_file_names(infos, where=""):
     """One warning per series whose files are not named by their SOPInstanceUID, one per series
     with files that have none."""
