@@ -22,25 +22,17 @@ or all with ``--cam-all``. ``--dicom-out DIR`` also writes, per series, a DICOM 
 """
 import logging
 import re
-import time
 from pathlib import Path
-
-import numpy as np
 
 from rsna_pe.core import cli
 from rsna_pe.core.errors import PipelineError
 from rsna_pe.core.ids import is_safe
-from rsna_pe.core.io import atomic_write_json
 from rsna_pe.core.labels import EXAM_LABELS
 from rsna_pe.core.runtime import pick_device
-from rsna_pe.data.acquisition import series_acquisition
-from rsna_pe.data.dicom import series_where
 from rsna_pe.data.discovery import discover
 from rsna_pe.infer.ensemble import load_ensemble
-from rsna_pe.viz.cam import ensemble_cam, pick_slices
-from rsna_pe.viz.dicom_out import DicomOut, algorithm_identity, write_objects
-from rsna_pe.viz.report import draw_report
-from rsna_pe.viz.viewer import PREVIEW_SIZE, viewer_data, write_index, write_viewer
+from rsna_pe.serve.study import dicom_options, message, one_line, predict_series
+from rsna_pe.viz.viewer import PREVIEW_SIZE, write_index
 
 log = logging.getLogger("predict_study")
 
@@ -59,16 +51,6 @@ def output_names(uids):
     return [u if u is not None and is_safe(u) and u not in taken else f for u, f in zip(uids, fallback)]
 
 
-def _message(e):
-    """A PipelineError's own message, else the exception's type and message."""
-    return str(e) if isinstance(e, PipelineError) else f"{type(e).__name__}: {e}"
-
-
-def one_line(e):
-    """An exception as one line (see _message)."""
-    return " ".join(_message(e).split())
-
-
 def page_reason(e, root, files=()):
     """``one_line(e)`` for a page: every path, file and folder name replaced by "…" (those of
     ``root``, the input, and of ``files``, the study's, down from it)."""
@@ -80,54 +62,11 @@ def page_reason(e, root, files=()):
                   for n in (p, Path(p).stem)}
     # Names replaced in the message as raised, before whitespace is squashed: a name holding a
     # tab or two spaces would no longer match afterwards.
-    text = _message(e)
+    text = message(e)
     for name in sorted((n for n in names if len(n) > 1), key=len, reverse=True):  # "a" tells nothing
         text = text.replace(name, "…")
     text = " ".join(text.split())
     return re.sub(r"[^\s:;,()'\"]*/[^\s:;,()'\"]*", "…", text)  # any other path (a config's, ...)
-
-
-def activation_maps(ens, images, img, args, series_dir):
-    """{slice index: map (preview, preview)} for the slices chosen by the --cam options."""
-    picked = pick_slices(img, args.cam_top_k, args.cam_all)
-    if not len(picked):
-        return {}
-    t = time.perf_counter()
-    maps = ensemble_cam(ens, images, picked, args.preview_size, batch=args.cam_batch,
-                        regions=ens.crop_regions(series_dir))
-    log.info("activation maps: %d slices x %d CNNs in %.1f s", len(picked), len(ens.members),
-             time.perf_counter() - t)
-    return {int(k): m for k, m in zip(picked, maps)}
-
-
-def predict_series(ens, series_dir, out, args, skipped=()):
-    """Predict one series (a folder or a list of files) and write its json, report and viewer;
-    ``skipped``: the study's other series [(Series, why)]; -> its index.html row."""
-    # Previews windowed from the HU at their own size (the model's input may be far smaller),
-    # from the same single decode as the models' input.
-    infos, images, previews = ens.read_with(series_dir, [args.preview_size])
-    exam, img = ens.predict(images)
-    # The headers were read with the slices: no second read of the first file.
-    study, series = infos[0].study or "unknown", infos[0].series or "unknown"
-    cams = activation_maps(ens, images, img, args, series_dir)
-    exam_d = {k: float(v) for k, v in zip(EXAM_LABELS, exam)}
-    result = {"series_dir": series_where(series_dir), "study": study, "series": series, "exam": exam_d,
-              "pe_present": bool(img.max() > 0.5), "activation_map_slices": sorted(cams),
-              "slices": [{"z_pos_order": k, "sop": i.sop, "z": i.z, "pe_present_on_image": float(p)}
-                         for k, (i, p) in enumerate(zip(infos, img))],
-              # the scanner fields only (no patient tag), for site validation's subgroups
-              "acquisition": series_acquisition(infos), "calibration": ens.calibration_info}
-    if skipped:  # only then: a study of one series (the Kaggle layout) gets the json as before
-        result["skipped_series"] = [{"series": s.uid, "images": len(s.files), "reason": why} for s, why in skipped]
-    atomic_write_json(out / "prediction.json", result, newline=False, indent=1)
-    previews = previews[args.preview_size]
-    draw_report(out / "report.png", img, exam, previews, cams, title=f"study {study}")
-    note = (f"Grad-CAM on {len(cams)} slice(s)" + ("" if args.cam_all else f" (top {args.cam_top_k})"))
-    write_viewer(out / "viewer.html", viewer_data(study, series, infos, img, exam_d, previews, cams, note))
-    if getattr(args, "dicom", None):  # main sets it; a caller of predict_series may not
-        write_objects(args.dicom, infos, exam, img, previews, cams)
-    return {"study": study, "slices": len(img), "max_prob": float(img.max()), "exam": exam_d,
-            "top": np.argsort(-img, kind="stable")[:5], "img": img}
 
 
 def print_study(name, row, out):
@@ -202,16 +141,6 @@ def main(argv=None):
         predict_folder(ens, found, out, args)
     else:
         predict_split(ens, found, out, args)
-
-
-def dicom_options(cfg, ens, args):
-    """--dicom-out's options (None: no DICOM written)."""
-    if args.dicom_out is None:
-        return None
-    k = args.cam_top_k if args.dicom_key_images is None else args.dicom_key_images
-    return DicomOut(args.dicom_out, args.dicom_uid_root or cfg["dicom_uid_root"],
-                    args.dicom_deterministic_uids or cfg["deterministic_uids"], k,
-                    algorithm_identity(cfg, ens.sources))
 
 
 def predict_folder(ens, found, out, args):

@@ -26,6 +26,15 @@ from hypothesis import strategies as st
 from pydicom.datadict import dictionary_VR
 from pydicom.dataelem import RawDataElement
 from pydicom.tag import Tag
+from support.browser import slice_drawn
+from support.prep_data import (
+    SIZE,
+    file_bytes,
+    quiet_write_series,
+    run_inline,
+    write_dataset,
+)
+from support.workspace import DEMO, ONE_PAIR
 
 import export_models
 import inference
@@ -36,19 +45,22 @@ from rsna_pe.core.config import CONFIG_DIR, load_config
 from rsna_pe.core.errors import DicomReadError, PipelineError
 from rsna_pe.core.io import atomic_dir
 from rsna_pe.core.labels import EXAM_LABELS, IMAGE_LABEL, LABELS, TRAIN_COLUMNS
-from rsna_pe.data.dicom import SliceInfo, read_series_images, read_series_order, series_files
+from rsna_pe.data.dicom import (
+    SliceInfo,
+    read_series_images,
+    read_series_order,
+    series_files,
+)
 from rsna_pe.data.images import conversion_params, jpeg_name
 from rsna_pe.infer import bundle
 from rsna_pe.infer.ensemble import Ensemble
 from rsna_pe.infer.pairs import resolve_pairs
 from rsna_pe.metric import postprocess, validate_submission
 from rsna_pe.models.networks import build_network
+from rsna_pe.serve import study as serve_study
 from rsna_pe.train.checkpoint import state_dict
 from rsna_pe.viz.report import draw_report
 from rsna_pe.viz.viewer import TEMPLATE, render_index, render_viewer, viewer_data
-from support.browser import slice_drawn
-from support.prep_data import SIZE, file_bytes, quiet_write_series, run_inline, write_dataset
-from support.workspace import DEMO, ONE_PAIR
 
 # -----------------------------------------------------------------------------
 # Ids as paths, header values, one study failing alone in stage 7
@@ -491,7 +503,7 @@ def hostile_split(trained_ws, module_dir):
 @pytest.fixture(scope="module")
 def hostile_out(trained_ws, hostile_split, module_dir):
     out = module_dir / "out"
-    crash = predict_study.activation_maps
+    crash = serve_study.activation_maps
 
     def flaky(ens, images, img, args, series_dir):  # a bug, not a PipelineError
         if "ZOE" in str(series_dir):
@@ -502,7 +514,7 @@ def hostile_out(trained_ws, hostile_split, module_dir):
         # pydicom warns that markup is no valid UID (pytest.ini makes that an error); it is read.
         warnings.filterwarnings("ignore", "Invalid value for VR UI", UserWarning)
         mp.chdir(trained_ws)
-        mp.setattr(predict_study, "activation_maps", flaky)
+        mp.setattr(serve_study, "activation_maps", flaky)
         with pytest.raises(PipelineError) as err:
             predict_study.main([str(hostile_split), "-c", str(DEMO / "inference.yml"), "--out", str(out),
                                 *ONE_PAIR, "--preview-size", "64", "--cam-top-k", "1"])

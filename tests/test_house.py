@@ -31,7 +31,7 @@ def test_no_function_over_the_limit():
 # ----------------------------------------------------------------------------- import order
 PACKAGE = SRC / "rsna_pe"
 # A subpackage may import from itself and from those before it (docs/architecture.md).
-LAYERS = ["core", "metric", "records", "data", "synthetic", "models", "train", "infer", "viz", "validation"]
+LAYERS = ["core", "metric", "records", "data", "synthetic", "models", "train", "infer", "viz", "validation", "serve"]
 SAME_FLOOR = {("viz", "validation"), ("validation", "viz")}
 
 
