@@ -12,31 +12,22 @@ import numpy as np
 import pandas as pd
 import pydicom
 import pytest
-from pydicom.uid import generate_uid
+from support.dicom_node import LEGACY, check_sr, valid_uid_copy
 
 import inference
 import predict_study
 from rsna_pe.core.config import CONFIG_DIR
 from rsna_pe.core.errors import PipelineError
 from rsna_pe.core.labels import EXAM_LABELS
-from rsna_pe.viz.dicom_out import RESEARCH_ONLY, DicomOut, Uids, burned_in, write_objects
+from rsna_pe.viz.dicom_out import (
+    RESEARCH_ONLY,
+    DicomOut,
+    Uids,
+    burned_in,
+    write_objects,
+)
 
-LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
 TOP_K = 2
-
-
-def valid_uid_copy(src, dst):
-    """The legacy studies with valid DICOM UIDs: the competition's all-hex ids are not, and
-    dciodvfy rightly flags every object that carries or references them."""
-    for f in sorted(src.rglob("*.dcm")):
-        ds = pydicom.dcmread(f)
-        for kw in ("StudyInstanceUID", "SeriesInstanceUID", "SOPInstanceUID"):
-            setattr(ds, kw, generate_uid(entropy_srcs=[str(getattr(ds, kw))]))
-        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
-        out = dst / f.relative_to(src).parent / f"{ds.SOPInstanceUID}.dcm"
-        out.parent.mkdir(parents=True, exist_ok=True)
-        ds.save_as(out)
-    return dst
 
 
 def run(studies, out, dicom):
@@ -77,19 +68,7 @@ def test_sr_values_equal_prediction_json(written):
     srs = [hd.sr.srread(f) for f in sorted((tmp / "dicom").glob("SR_*.dcm"))]
     assert sorted(sr.StudyInstanceUID for sr in srs) == sorted(preds)
     for sr in srs:
-        pred = preds[sr.StudyInstanceUID]
-        assert sr.SeriesInstanceUID != pred["series"]  # a new series in the source study
-        exam_group, slice_group = sr.content.get_image_measurement_groups()
-        exam = {m.name.meaning: m.value for m in exam_group.get_measurements()}
-        assert list(exam) == list(EXAM_LABELS)
-        np.testing.assert_allclose(list(exam.values()), [pred["exam"][k] for k in EXAM_LABELS], atol=1e-6)
-        decisions = {q.name.meaning: q.value.meaning for q in exam_group.get_qualitative_evaluations()}
-        assert decisions == {k: "Yes" if v > 0.5 else "No" for k, v in pred["exam"].items()}
-        per_image = {m.referenced_images[0].referenced_sop_instance_uid: m.value
-                     for m in slice_group.get_measurements()}
-        assert sorted(per_image) == sorted(s["sop"] for s in pred["slices"])  # every image referenced
-        np.testing.assert_allclose([per_image[s["sop"]] for s in pred["slices"]],
-                                   [s["pe_present_on_image"] for s in pred["slices"]], atol=1e-6)
+        check_sr(sr, preds[sr.StudyInstanceUID])
 
 
 def test_sr_copies_patient_and_names_algorithm_and_use(written):
