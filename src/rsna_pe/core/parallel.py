@@ -11,6 +11,11 @@ from .io import atomic_to_csv
 
 log = logging.getLogger(__name__)
 
+# Workers start from a clean server process, not from a copy of the caller: a caller that has
+# run torch (its OpenMP threads) or holds other threads' locks can make a forked worker hang.
+# The cost is one import of the stage's module per worker (well under a second).
+START_METHOD = "forkserver"
+
 
 def n_workers(workers):
     """0 or None means all cores."""
@@ -51,7 +56,7 @@ def imap(fn, items, workers=0, desc="", unit="series"):
                 yield call(item)
                 bar.update()
         else:
-            with mp.get_context("fork").Pool(workers, initializer=_init_worker) as pool:
+            with mp.get_context(START_METHOD).Pool(workers, initializer=_init_worker) as pool:
                 for out in pool.imap_unordered(call, items, chunksize=1):
                     yield out
                     bar.update()
