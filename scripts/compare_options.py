@@ -1,21 +1,25 @@
 """Run the recipe and each model option on the demo's synthetic data with several seeds, and
 tabulate test score, cross-validation score, exam-label AUCs among positive exams and time.
 
-    python scripts/compare_options.py WORKSPACE [--seeds 0 1 2] [--options recipe gru ...]
-        [--jobs N] [--no-compile] [--deadline S] [--table docs_table.md] [--cnn-set K=V]
+    python scripts/compare_options.py WORKSPACE [--profile demo] [--seeds 0 1 2]
+        [--options recipe gru ...] [--jobs N] [--no-compile] [--deadline S]
+        [--table docs_table.md] [--cnn-set K=V] [--dry-run]
 
-One data set (the demo's: ``run_demo.sh``'s sizes, seed 0) is made once in WORKSPACE/data and
-shared; each seed s gets WORKSPACE/seed_<s> (its own output/ and dump/), where seed 0 keeps the
-configs' seeds (the demo's runs) and seed s > 0 trains every CNN and head with seeds
-[42, 84, 126] + 1000 s. Head-only options reuse the recipe's BCE CNNs and dumps of the same
-seed. Runs are scheduled as a graph (CNN fold -> dump fold -> head fold -> inference), JOBS at a
-time; finished runs are skipped on a rerun, as the stages do. Results go to
-WORKSPACE/results.json and, with --table, to a markdown table.
+One data set (a profile of configs/profiles.yml, the demo's by default; ``--n-train`` etc.
+override its sizes) is made once in WORKSPACE/data and shared; each seed s gets
+WORKSPACE/seed_<s> (its own output/ and dump/), where seed 0 keeps the configs' seeds (the
+demo's runs) and seed s > 0 trains every CNN and head with seeds [42, 84, 126] + 1000 s.
+Head-only options reuse the recipe's BCE CNNs and dumps of the same seed. Runs are scheduled as
+a graph (CNN fold -> dump fold -> head fold -> inference), JOBS at a time; a rerun skips
+finished runs, as the stages do. Results go to WORKSPACE/results.json (a rerun with fewer
+options or seeds keeps the others) and, with --table, to a markdown table headed by the data
+profile, the machine and the wall time. ``--dry-run`` prints what it would run, and does nothing.
 """
 import argparse
 import concurrent.futures as cf
 import json
 import os
+import platform
 import subprocess
 import sys
 import time
@@ -25,6 +29,9 @@ import numpy as np
 
 REPO = Path(__file__).resolve().parents[1]
 SRC = REPO / "src"
+sys.path.insert(0, str(SRC))  # the data profiles live in the package
+from rsna_pe.synthetic.profiles import DEFAULT_PROFILE, describe, profile_names, with_overrides  # noqa: E402
+
 SEED_STEP = 1000
 BASE_SEEDS = (42, 84, 126)
 FOLDS = (0, 1, 2)
@@ -53,19 +60,19 @@ OPTIONS = {
     "recipe": (["bce", "focal"], [("bce", "bce"), ("focal", "focal")],
                "the recipe: BCE and focal CNNs, LSTM heads, 6 pairs"),
 }
-# Stage-1/2/4 configs to run for the data before any option (the lung-cropped set only when a
-# CNN variant reads it).
+# Stage-1/2/4 configs run for the data first (the lung-cropped set when a CNN variant reads it).
 PREP = ("make_image", "make_csv", "make_npz")
 CROP_VARIANTS = {"lungcrop", "combined"}
 
 
 class Graph:
     """Commands with dependencies, run ``jobs`` at a time in priority order; a failed command's
-    dependants are skipped. Each command's wall time and return code go to ``log_path``."""
+    dependants are skipped. Each command's wall time, start and end, return code and the
+    ``machine`` it ran on go to ``log_path``."""
 
-    def __init__(self, jobs, deadline, log_path, on_done=None):
+    def __init__(self, jobs, deadline, log_path, on_done=None, machine=None):
         self.jobs, self.deadline, self.log_path = jobs, deadline, log_path
-        self.on_done = on_done or (lambda name: None)
+        self.on_done, self.machine = on_done or (lambda name: None), machine
         self.tasks, self.state = {}, {}
         # Each run gets its share of the cores (read by the stages), as run_each gives them.
         self.env = dict(os.environ, RSNA_PE_CORES=str(max(1, (os.cpu_count() or 1) // jobs)))
@@ -98,7 +105,7 @@ class Graph:
         with open(log, "w") as fh:
             rc = subprocess.call(t["cmd"], cwd=t["cwd"], stdout=fh, stderr=subprocess.STDOUT,
                                  env=self.env)
-        return name, rc, time.time() - start, log
+        return name, rc, start, log
 
     def run(self):
         t0, running = time.time(), {}
@@ -116,18 +123,26 @@ class Graph:
                     return self.state
                 done, _ = cf.wait(running, return_when=cf.FIRST_COMPLETED)
                 for f in done:
-                    name, rc, secs, log = f.result()
+                    name, rc, start, log = f.result()
                     del running[f]
                     self.state[name] = "ok" if rc == 0 else "failed"
-                    self._record(name, rc, secs, log)
+                    self._record(name, rc, start, log)
                     self.on_done(name)
 
-    def _record(self, name, rc, secs, log):
-        line = {"task": name, "rc": rc, "seconds": round(secs, 1), "log": str(log)}
-        with open(self.log_path, "a") as fh:
-            fh.write(json.dumps(line) + "\n")
+    def _record(self, name, rc, start, log):
+        end = time.time()
+        record_run(self.log_path, name, rc, start, end, log, self.machine)
+        secs = end - start
         tail = "" if rc == 0 else " FAILED: " + Path(log).read_text(errors="replace")[-300:]
         print(f"[{time.strftime('%H:%M:%S')}] {name} rc={rc} {secs:.0f}s{tail}", flush=True)
+
+
+def record_run(log_path, name, rc, start, end, log, machine):
+    """A line of runs.jsonl: return code, seconds, start and end (Unix time), log, machine."""
+    line = {"task": name, "rc": rc, "seconds": round(end - start, 1), "start": round(start, 1),
+            "end": round(end, 1), "log": str(log), "machine": machine}
+    with open(log_path, "a") as fh:
+        fh.write(json.dumps(line) + "\n")
 
 
 def seed_overrides(seed):
@@ -167,45 +182,110 @@ def add_option(g, ws, configs, option, seed, cnn_extra, prio):
           f" {' '.join(oofs)} --prior data/train.csv --json {score_dir}/cv.json"], cwd, [inf], prio)
 
 
-def prepare(ws, configs, options, args):
-    """The shared data set and its stage 1, 2 and 4 outputs (kept when already there)."""
+OVERRIDES = ("n_train", "n_test", "slices", "matrix", "slice_spacing")  # of the profile's data
+
+
+def data_profile(args):
+    """(label, values, generator arguments) of the data set: the profile with the command
+    line's overrides."""
+    return with_overrides(args.profile, {k: getattr(args, k) for k in OVERRIDES})
+
+
+def prep_commands(ws, configs, options, args):
+    """(name, command) of the shared data set and its stage 1, 2 and 4 outputs (each kept when
+    already there)."""
     py = sys.executable
-    data = ws / "data"
-    cmds = [[py, SRC / "make_synthetic_data.py", data, "--n-train", args.n_train, "--n-test",
-             args.n_test, "--slices", *args.slices, "--matrix", args.matrix,
-             "--positive-fraction", "0.5", "--seed", "0"]]
+    cmds = [("data/make_synthetic_data",
+             [py, SRC / "make_synthetic_data.py", ws / "data", *data_profile(args)[2]])]
     crop = any(CROP_VARIANTS & set(OPTIONS[o][0]) for o in options)
     for stage in PREP:
-        cmds.append([py, SRC / f"{stage}.py", "-c", configs / f"{stage}.yml"])
+        cmds.append((f"data/{stage}", [py, SRC / f"{stage}.py", "-c", configs / f"{stage}.yml"]))
         if crop:
-            cmds.append([py, SRC / f"{stage}.py", "-c", configs / f"{stage}.yml", "jpeg_crop=lung"])
-    for cmd in cmds:
-        print("$", " ".join(map(str, cmd)), flush=True)
-        subprocess.run([str(c) for c in cmd], cwd=ws, check=True)
-    for s in args.seeds:
+            cmds.append((f"data/{stage}_lungcrop", [py, SRC / f"{stage}.py", "-c",
+                                                    configs / f"{stage}.yml", "jpeg_crop=lung"]))
+    return [(name, [str(c) for c in cmd]) for name, cmd in cmds]
+
+
+def prepare(ws, cmds, seeds, log_path, machine):
+    """Run the data commands (timed in runs.jsonl) and give each seed its folder."""
+    for name, cmd in cmds:
+        print("$", " ".join(cmd), flush=True)
+        start, rc = time.time(), subprocess.run(cmd, cwd=ws).returncode
+        if rc:  # the command printed why
+            print(f"error: {name} exited {rc}: {' '.join(cmd)}", file=sys.stderr)
+            sys.exit(2)
+        record_run(log_path, name, 0, start, time.time(), "", machine)
+    for s in seeds:
         d = ws / f"seed_{s}"
         d.mkdir(exist_ok=True)
         if not (d / "data").exists():
             (d / "data").symlink_to("../data")
 
 
+def _cpu_name():
+    info = Path("/proc/cpuinfo")
+    names = [x.split(":", 1)[1].strip() for x in (info.read_text().splitlines() if info.exists()
+                                                   else []) if x.startswith("model name")]
+    return names[0] if names else platform.processor() or platform.machine()
+
+
 def this_machine():
     """Where the runs' times were measured: they compare only within one machine."""
     import torch
 
-    if torch.cuda.is_available():
+    if torch.cuda.is_available():  # the sweep's runs share GPU 0
         return torch.cuda.get_device_name(0)
-    return f"CPU, {os.cpu_count()} cores"
+    return f"CPU {_cpu_name()}, {os.cpu_count()} cores"
 
 
-def collect(ws, options, seeds, log_path, machine):
-    """results[option][seed] = test/cv scores, priors, AUCs among positives, seconds."""
-    times = {}
-    if log_path.exists():
-        for line in log_path.read_text().splitlines():
-            r = json.loads(line)
-            if r["rc"] == 0:  # the first success made the outputs; later ones skipped them
-                times.setdefault(r["task"], r["seconds"])
+def read_runs(log_path):
+    text = Path(log_path).read_text() if Path(log_path).exists() else ""
+    return [json.loads(x) for x in text.splitlines() if x.strip()]
+
+
+def first_successes(log_path):
+    """{task: its first successful line}: that run made the outputs, later ones skipped them."""
+    out = {}
+    for r in read_runs(log_path):
+        if r["rc"] == 0:
+            out.setdefault(r["task"], r)
+    return out
+
+
+def wall_seconds(log_path):
+    """Seconds in which at least one recorded run or data step was going: a sweep's wall time
+    over all its invocations, the gaps between them left out."""
+    total, covered = 0.0, float("-inf")
+    for a, b in sorted((r["start"], r["end"]) for r in read_runs(log_path) if "start" in r):
+        total += max(0.0, b - max(a, covered))  # the part not yet counted
+        covered = max(covered, b)
+    return total
+
+
+def option_tasks(option, seed):
+    """(CNN and dump runs, head and inference runs) of an option's seed: what its times sum."""
+    cnns, pairs, _ = OPTIONS[option]
+    cnn = [f"s{seed}/{k}_{c}_f{f}" for c in cnns for k in ("cnn", "dump") for f in FOLDS]
+    head = [f"s{seed}/rnn_{r}_f{f}" for r, _ in pairs for f in FOLDS]
+    return cnn, head + [f"s{seed}/inference_{option}"]
+
+
+def option_seconds(runs, option, seed):
+    """Summed run times of the option's own CNN + dump runs and head + inference runs."""
+    cnn, head = option_tasks(option, seed)
+    secs = lambda names: sum(runs[n]["seconds"] for n in names if n in runs)  # noqa: E731
+    return {"cnn_dump": secs(cnn), "head_inference": secs(head)}
+
+
+def option_machine(runs, option, seed, machine):
+    """The machine the option's runs were made on (lines without one: this one)."""
+    names = [n for part in option_tasks(option, seed) for n in part if n in runs]
+    return " + ".join(sorted({runs[n].get("machine") or machine for n in names}) or [machine])
+
+
+def collect(ws, options, seeds, log_path, machine, profile=None):
+    """results[option][seed]: test/cv scores, priors, AUCs among positives, seconds, machine, data."""
+    runs = first_successes(log_path)
     out = {}
     for o in options:
         for s in seeds:
@@ -218,18 +298,20 @@ def collect(ws, options, seeds, log_path, machine):
                 test=test["score"], test_prior=test["prior_score"], cv=cv["score"],
                 cv_prior=cv["prior_score"],
                 auc_positive={k: cv["per_label"][k].get("auc_positive") for k in POSITIVE_LABELS},
-                seconds=option_seconds(times, o, s), machine=machine)
+                seconds=option_seconds(runs, o, s), machine=option_machine(runs, o, s, machine),
+                profile=profile)
     return out
 
 
-def option_seconds(times, option, seed):
-    """Summed run times of the option's own stages: CNN + dump (its CNN variants) and
-    head + inference."""
-    cnns, pairs, _ = OPTIONS[option]
-    cnn = sum(times.get(f"s{seed}/{k}_{c}_f{f}", 0) for c in cnns for k in ("cnn", "dump")
-              for f in FOLDS)
-    head = sum(times.get(f"s{seed}/rnn_{r}_f{f}", 0) for r, _ in pairs for f in FOLDS)
-    return {"cnn_dump": cnn, "head_inference": head + times.get(f"s{seed}/inference_{option}", 0)}
+def merged_results(fresh, *older):
+    """fresh over each of ``older`` results in turn; options in OPTIONS' order, seeds ascending."""
+    results = {o: dict(per) for o, per in fresh.items()}
+    for old in older:
+        for o, per_seed in old.items():
+            if o in OPTIONS:
+                for s, r in per_seed.items():
+                    results.setdefault(o, {}).setdefault(int(s), r)
+    return {o: dict(sorted(results[o].items())) for o in OPTIONS if o in results}
 
 
 def _ms(values, digits=4):
@@ -257,9 +339,52 @@ def table(results, machine=None):
     return "\n".join(rows) + "\n"
 
 
-def main(argv=None):
+def table_header(label, prof, machine, wall, results):
+    """What the table was measured on: the data profile, the machine, the wall time."""
+    lines = [f"Data: profile `{label}` ({describe(prof)}).",
+             f"Machine: {machine} (the time columns count only runs made on it). "
+             f"Wall time of the sweep's runs: {wall:.0f} s ({wall / 3600:.1f} h), over all its "
+             "invocations, gaps between them left out."]
+    others = {str(r.get("profile")) for per in results.values() for r in per.values()} - {label}
+    if others:
+        lines.append(f"Some rows also hold results made on other data: {', '.join(sorted(others))}.")
+    return "\n".join(lines) + "\n\n"
+
+
+def build_graph(ws, configs, args, log_path, on_done=None, machine=None, deadline=None):
+    """Every option's runs for every seed, in the order seeds x options."""
+    deadline = args.deadline if deadline is None else deadline
+    g = Graph(args.jobs, deadline, log_path, on_done, machine)
+    extra = list(args.cnn_set) + (["train.compile=false"] if args.no_compile else [])
+    for i, s in enumerate(args.seeds):
+        for j, o in enumerate(args.options):
+            add_option(g, ws, configs, o, s, extra, prio=i * 100 + j)
+    return g
+
+
+def print_plan(ws, configs, args, label, prof):
+    """The dry run: the data commands and the runs, each marked done when runs.jsonl has its
+    success (a rerun starts it, and its stage skips the finished work), nothing made."""
+    done, g = first_successes(ws / "runs.jsonl"), build_graph(ws, configs, args, ws / "runs.jsonl")
+    shown = lambda cmd: " ".join(cmd).replace(sys.executable, "python").replace(f"{REPO}/", "")  # noqa: E731
+    print(f"plan for {ws} (dry run: nothing is made or started)")
+    print(f"data: profile {label}: {describe(prof)}")
+    for name, cmd in prep_commands(ws, configs, args.options, args):
+        print(f"  [{'done' if name in done else 'to run'}] {name}: {shown(cmd)}")
+    names = sorted(g.tasks, key=lambda n: g.tasks[n]["priority"])  # the order they start in
+    print(f"{len(names)} runs, {args.jobs} at a time, seeds {args.seeds}, options {args.options}"
+          f" ({sum(n in done for n in names)} done):")
+    for n in names:
+        t = g.tasks[n]
+        after = f" (after {', '.join(t['deps'])})" if t["deps"] else ""
+        print(f"  [{'done' if n in done else 'to run'}] {n}{after}: {shown(t['cmd'])}")
+
+
+def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("workspace", type=Path)
+    p.add_argument("--profile", default=DEFAULT_PROFILE, choices=profile_names(),
+                   help="the data set, from configs/profiles.yml (default: the demo's)")
     p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     p.add_argument("--options", nargs="+", default=list(OPTIONS), choices=list(OPTIONS))
     p.add_argument("--configs", type=Path, default=REPO / "configs" / "demo")
@@ -268,48 +393,53 @@ def main(argv=None):
                    help="train.compile=false for the CNNs (on a GPU: no minute-long warm-ups)")
     p.add_argument("--deadline", type=float, default=float("inf"),
                    help="start no run after this many seconds; tabulate what finished")
-    p.add_argument("--n-train", default="240")
-    p.add_argument("--n-test", default="40")
-    p.add_argument("--slices", nargs=2, default=["8", "12"])
-    p.add_argument("--matrix", default="256")
+    g = p.add_argument_group("overrides of the profile's data set")
+    for flag, kind in (("--n-train", int), ("--n-test", int), ("--matrix", int),
+                       ("--slice-spacing", float)):
+        g.add_argument(flag, type=kind)
+    g.add_argument("--slices", type=int, nargs=2, metavar=("MIN", "MAX"))
     p.add_argument("--table", type=Path, help="write the markdown table here")
     p.add_argument("--add-results", type=Path, nargs="*", default=[], metavar="JSON",
                    help="results.json of other sweeps (other seeds, e.g. from another machine) "
                         "to tabulate with this one's")
     p.add_argument("--cnn-set", action="append", default=[], metavar="KEY=VALUE",
                    help="an extra override for every CNN run (repeatable)")
-    args = p.parse_args(argv)
+    p.add_argument("--dry-run", action="store_true",
+                   help="print the data commands and runs it would start (and which are done)")
+    return p.parse_args(argv)
 
-    ws = args.workspace.resolve()
+
+def main(argv=None):
+    args = parse_args(argv)
+    ws, configs = args.workspace.resolve(), args.configs.resolve()
+    label, prof, _ = data_profile(args)
+    if args.dry_run:
+        print_plan(ws, configs, args, label, prof)
+        return 0
     ws.mkdir(parents=True, exist_ok=True)
-    configs = args.configs.resolve()
     os.environ.setdefault("WANDB_MODE", "disabled")
     start = time.time()
-    prepare(ws, configs, args.options, args)
     log_path, machine = ws / "runs.jsonl", this_machine()
+    prepare(ws, prep_commands(ws, configs, args.options, args), args.seeds, log_path, machine)
+    results_path = ws / "results.json"
 
     def report(name=None):  # after every scoring run, so a stopped sweep still leaves a table
         if name is None or "/score_" in name:
-            results = collect(ws, args.options, args.seeds, log_path, machine)
-            for extra in args.add_results:  # this sweep's seeds win over another's same seeds
-                for o, per_seed in json.loads(extra.read_text()).items():
-                    if o in OPTIONS:
-                        results.setdefault(o, {})
-                        for s, r in per_seed.items():
-                            results[o].setdefault(int(s), r)
-                results = {o: dict(sorted(results[o].items())) for o in OPTIONS if o in results}
-            (ws / "results.json").write_text(json.dumps(results, indent=2) + "\n")
+            old = json.loads(results_path.read_text()) if results_path.exists() else {}
+            results = merged_results(collect(ws, args.options, args.seeds, log_path, machine, label),
+                                     *(json.loads(x.read_text()) for x in args.add_results), old)
+            results_path.write_text(json.dumps(results, indent=2) + "\n")
             if args.table:
-                args.table.write_text(table(results, machine))
+                args.table.write_text(table_header(label, prof, machine, wall_seconds(log_path),
+                                                   results) + table(results, machine))
             return results
 
-    g = Graph(args.jobs, args.deadline - (time.time() - start), log_path, report)
-    extra = list(args.cnn_set) + (["train.compile=false"] if args.no_compile else [])
-    for i, s in enumerate(args.seeds):
-        for j, o in enumerate(args.options):
-            add_option(g, ws, configs, o, s, extra, prio=i * 100 + j)
+    g = build_graph(ws, configs, args, log_path, report, machine,
+                    args.deadline - (time.time() - start))
     state = g.run()
-    print(f"\ntimes: {machine}\n" + table(report(), machine))
+    results = report()
+    print("\n" + table_header(label, prof, machine, wall_seconds(log_path), results)
+          + table(results, machine))
     bad = sorted(n for n, st in state.items() if st != "ok")
     print(f"{len(state) - len(bad)} runs ok, {len(bad)} failed or skipped "
           f"{bad[:5]}; {time.time() - start:.0f} s")

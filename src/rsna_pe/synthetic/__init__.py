@@ -7,7 +7,9 @@ Findings follow the competition's label rules (:mod:`.findings`): emboli as fill
 their site and shape giving the side, central and chronicity labels, the RV/LV chamber ratio,
 indeterminate exams with poor contrast or motion. :mod:`.plan` decides every study up front,
 :mod:`.dicom` writes the files, :mod:`.dataset` the whole set with its csvs; :mod:`.scanner`
-images the same studies as another site's scanner would (a second site for site validation).
+images the same studies as another site's scanner would (a second site for site validation);
+:mod:`.profiles` reads the named sets of configs/profiles.yml (the demo's, the bench's). Slices
+spread over the whole chest, or lie thin and contiguous over a slab (``slice_spacing``).
 
 The anatomy is exaggerated on purpose (arteries and defects are large) so that a CNN sees a
 defect at 64 px input. Everything is determined by the seed: the same seed gives byte-identical

@@ -80,7 +80,7 @@ def write_study(spec, root):
             stored[outside] = padding
             sop = spec.sop_uid(k)
             write_dataset(series_dir / f"{sop}.dcm", header, stored, sop_uid=sop,
-                          z=round(spec.z0 + k * spec.spacing, 2), x0=x0, y0=y0, spacing=spacing,
+                          z=spec.z(k), x0=x0, y0=y0, spacing=spacing,
                           instance_number=k + 1, intercept=icp, slope=1, transfer_syntax=ts,
                           padding_value=padding)
             rows.append({"StudyInstanceUID": spec.study_uid, "SeriesInstanceUID": spec.series_uid,
@@ -178,7 +178,8 @@ def _write_csvs(root, train, test):
 
 def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0, workers=None,
              compressed_fraction=0.3, odd_matrix_fraction=0.15, odd_rescale_fraction=0.2,
-             positive_fraction=1 / 3, overwrite=False, hex_ids=False, scanner=None):
+             positive_fraction=1 / 3, overwrite=False, hex_ids=False, scanner=None,
+             slice_spacing=None):
     """Write a synthetic data set in the Kaggle layout under ``out_dir`` and return it.
 
     ``out_dir`` gets train.csv, test.csv, sample_submission.csv, test_labels.csv (the test
@@ -192,6 +193,8 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
     ``6897fa9de148``) in the csvs, the paths and the DICOM headers, instead of DICOM UIDs.
     ``scanner``: a :class:`ScannerShift` (or its params() dict): the same studies as another
     site's scanner would image them (docs/synthetic.md); None = no shift.
+    ``slice_spacing``: mm between contiguous thin slices over a slab from the ventricles up
+    into the pulmonary trunk (:func:`plan`); None = slices spread over the whole chest.
     For tests: ``generate(tmp, 4, 2, slices=(8, 8), matrix=64, workers=1)`` takes about a second.
     """
     from ..core.io import atomic_write_text
@@ -205,6 +208,8 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
                   positive_fraction=float(positive_fraction))
     if hex_ids:  # only then: a set made before the option keeps its marker
         params["hex_ids"] = True
+    if slice_spacing is not None:  # likewise
+        params["slice_spacing"] = float(slice_spacing)
     if not isinstance(scanner, ScannerShift):
         scanner = ScannerShift.from_params(scanner)
     if scanner.params():  # likewise: no shift, no entry
@@ -214,7 +219,7 @@ def generate(out_dir, n_train=40, n_test=10, slices=(30, 50), matrix=512, seed=0
         raise PipelineError(f"--workers {workers}: at least 1")
     specs = plan(n_train, n_test, slices, matrix, seed, compressed_fraction,
                  odd_matrix_fraction, odd_rescale_fraction, positive_fraction,
-                 hex_ids=hex_ids, scanner=scanner)  # checks, cheap
+                 hex_ids=hex_ids, scanner=scanner, slice_spacing=slice_spacing)  # checks, cheap
     if _keep_or_clear(root, manifest, overwrite):
         return _read_set(root)
     root.mkdir(parents=True, exist_ok=True)

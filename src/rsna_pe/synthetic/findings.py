@@ -136,12 +136,27 @@ def quality(r, kind, sub):
     return qa, contrast, motion, flow
 
 
-def draw_emboli(r, t, sub, central):
-    """The emboli of a positive exam of subtype ``sub`` on slices at positions ``t``."""
+def central_sites_in_view(t):
+    """(central sites with a slice at positions ``t`` in their range, their weights scaled to
+    sum to 1); all of them when the slices hold none (the clot then gives way to a lobar one)."""
+    t = np.asarray(t)
+    seen = [i for i, s in enumerate(CENTRAL_SITES)
+            if ((t >= SITE_T[s][0]) & (t <= SITE_T[s][1])).any()]
+    if not seen:
+        return CENTRAL_SITES, CENTRAL_WEIGHTS
+    w = np.array([CENTRAL_WEIGHTS[i] for i in seen])
+    return tuple(CENTRAL_SITES[i] for i in seen), tuple(w / w.sum())
+
+
+def draw_emboli(r, t, sub, central, central_in_view=False):
+    """The emboli of a positive exam of subtype ``sub`` on slices at positions ``t``.
+    ``central_in_view``: a central clot's site is drawn among the central arteries the slices
+    show (a thin slab may miss one); otherwise among all three, as the whole chest shows them."""
     n_e = int(r.choice(EMBOLUS_COUNTS, p=EMBOLUS_COUNT_P)) + (sub == "acute_and_chronic")
     sites = [str(x) for x in r.choice(LOBAR_SITES, size=n_e, p=LOBAR_WEIGHTS)]
     if central:
-        sites[0] = str(r.choice(CENTRAL_SITES, p=CENTRAL_WEIGHTS))
+        where, p = central_sites_in_view(t) if central_in_view else (CENTRAL_SITES, CENTRAL_WEIGHTS)
+        sites[0] = str(r.choice(where, p=p))
     if sub == "acute_and_chronic":
         kinds = ["acute", "chronic"] + [str(r.choice(["acute", "chronic"]))
                                         for _ in range(n_e - 2)]

@@ -1,6 +1,7 @@
 """The plan of a data set: which study gets which ids, slices, storage variants, findings and
 labels. Cheap (nothing is drawn), done up front; the same seed gives the same plan."""
 import hashlib
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -16,6 +17,10 @@ UID_ROOT = "rsna-pe-synthetic"
 T_FIRST, T_LAST = (-0.03, 0.03), (0.97, 1.03)
 SERIES_LENGTH_MM = (250, 330)  # z extent; the slice spacing is this over the slice count
 Z0_MM = (-400, -150)  # z of the first slice
+# Thin slices (slice_spacing): a contiguous slab of the slice count x the spacing, on a chest of
+# SERIES_LENGTH_MM from t 0 to 1, its first slice drawn in THIN_FIRST_T: where the ventricles
+# still show (the RV/LV labels), so that the slab reaches up into the pulmonary trunk.
+THIN_FIRST_T = (0.36, 0.44)
 FOV_MM = (320, 380)  # field of view; the pixel spacing is this over the matrix
 ODD_MATRICES = (448, 576)  # per 512: 7/8 and 9/8 of the matrix
 MIN_ODD_MATRIX = 8
@@ -58,6 +63,10 @@ class StudySpec:
             pe[e.k0:e.k1 + 1] = 1
         return pe
 
+    def z(self, k):
+        """ImagePositionPatient z of slice k, mm (rounded well below any spacing asked)."""
+        return round(self.z0 + k * self.spacing, 4)
+
     def sop_uid(self, k):
         return self.sop_uids[k] if self.sop_uids else uid(self.seed, self.study_uid, "sop", k)
 
@@ -89,9 +98,11 @@ def _odd_matrices(matrix):
     return tuple(max(MIN_ODD_MATRIX, 2 * int(round(matrix * m / 512 / 2))) for m in ODD_MATRICES)
 
 
-def _check(n_train, n_test, lo, hi, matrix, fractions, hex_ids):
+def _check(n_train, n_test, lo, hi, matrix, fractions, hex_ids, slice_spacing):
     if lo < 1 or hi < lo:
         raise PipelineError(f"--slices {lo} {hi}: need 1 <= MIN <= MAX")
+    if slice_spacing is not None:
+        _check_spacing(slice_spacing, hi)
     if n_train < 0 or n_test < 0 or n_train + n_test < 1:
         raise PipelineError("need at least one study (--n-train/--n-test)")
     if matrix < 16:
@@ -104,20 +115,36 @@ def _check(n_train, n_test, lo, hi, matrix, fractions, hex_ids):
                             f"and {(1 << HEX_SLICE_BITS) - 1} slices per series")
 
 
+def _check_spacing(mm, hi):
+    try:
+        ok = math.isfinite(mm) and mm > 0
+    except TypeError:
+        ok = False
+    if not ok:
+        raise PipelineError(f"--slice-spacing {mm}: a number of mm above 0")
+    if hi * mm > SERIES_LENGTH_MM[0] * (1 - THIN_FIRST_T[1]):
+        raise PipelineError(f"--slice-spacing {mm} with up to {hi} slices: a slab of {hi * mm:g} mm "
+                            "runs past the chest's apex; fewer or thinner slices, or leave the "
+                            "option out for whole-chest series")
+
+
 def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fraction=0.3,
          odd_matrix_fraction=0.15, odd_rescale_fraction=0.2, positive_fraction=1 / 3,
-         hex_ids=False, scanner=None):
+         hex_ids=False, scanner=None, slice_spacing=None):
     """Decide every study: ids, slice count and positions, variants, findings and labels.
 
     ``hex_ids``: studies, series and images get 12-hex-digit ids as in the competition data
     (e.g. ``6897fa9de148``) instead of DICOM UIDs. ``scanner``: a ScannerShift every study is
-    acquired with; it changes no id, finding or label (the same seed, the same patients)."""
+    acquired with; it changes no id, finding or label (the same seed, the same patients).
+    ``slice_spacing``: mm between contiguous thin slices over a slab from the ventricles up
+    into the pulmonary trunk (THIN_FIRST_T), as real CTPA slices are 1-2.5 mm apart; None:
+    the slices spread over the whole chest (a spacing of the chest's length over their count)."""
     scanner = scanner if scanner is not None and scanner.params() else None
     lo, hi = (int(s) for s in slices)
     _check(n_train, n_test, lo, hi, matrix,
            {"compressed_fraction": compressed_fraction, "odd_matrix_fraction": odd_matrix_fraction,
             "odd_rescale_fraction": odd_rescale_fraction, "positive_fraction": positive_fraction},
-           hex_ids)
+           hex_ids, slice_spacing)
     specs = []
     for split_id, (split, n) in enumerate((("train", n_train), ("test", n_test))):
         if n == 0:
@@ -128,7 +155,7 @@ def plan(n_train, n_test, slices=(30, 50), matrix=512, seed=0, compressed_fracti
                                     odd_rescale_fraction)
         for i in range(n):
             r = np.random.default_rng(np.random.SeedSequence(seed, spawn_key=(split_id, i, 1)))
-            spec = _study_spec(r, seed, split, i, cases[i], variants[i], lo, hi)
+            spec = _study_spec(r, seed, split, i, cases[i], variants[i], lo, hi, slice_spacing)
             spec.scanner = scanner
             specs.append(_hex_ids(spec, seed, split_id) if hex_ids else spec)
     return specs
@@ -160,12 +187,28 @@ def _slice_positions(r, lo, hi):
     return s, t, spacing, z0
 
 
-def _study_spec(r, seed, split, i, case, variant, lo, hi):
+def _thin_positions(r, lo, hi, mm):
+    """(slice count, t of each slice, spacing mm, z of the first slice mm) of a thin slab."""
+    s = int(r.integers(lo, hi + 1))
+    first = float(r.uniform(*THIN_FIRST_T))
+    # Drawn and unused (where a whole-chest series ends), so that the rest of the study
+    # (quality, findings) draws as on the whole chest: the same seed, the same patients.
+    r.uniform()
+    chest = float(r.uniform(*SERIES_LENGTH_MM))  # mm from t 0 to t 1
+    t = (first + np.arange(s) * mm / chest).round(5).tolist()
+    z0 = round(float(r.uniform(*Z0_MM)), 2)
+    return s, t, round(float(mm), 4), z0
+
+
+def _study_spec(r, seed, split, i, case, variant, lo, hi, slice_spacing=None):
     kind, sub, central, rv_gte = case
     matrix, ts, rescale = variant
-    s, t, spacing, z0 = _slice_positions(r, lo, hi)
+    thin = slice_spacing is not None
+    s, t, spacing, z0 = (_thin_positions(r, lo, hi, slice_spacing) if thin
+                         else _slice_positions(r, lo, hi))
     qa, contrast, motion, flow = quality(r, kind, sub)
-    emboli = draw_emboli(r, t, sub, central) if kind == "positive" else []
+    # On a thin slab a central clot goes to a central artery the slab holds, if any.
+    emboli = draw_emboli(r, t, sub, central, central_in_view=thin) if kind == "positive" else []
     rv_lv = draw_rv_lv(r, rv_gte)
     return StudySpec(
         split=split, index=i, seed=int(r.integers(2 ** 31)),
