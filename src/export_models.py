@@ -1,8 +1,9 @@
-"""Export the inference ensemble's models to one shareable folder (safetensors + JSON).
+"""Export the inference ensemble's models to one shareable folder (safetensors, ONNX + JSON).
 
     python src/export_models.py [-c configs/inference.yml] --out DIR [--overwrite] [key=value ...]
-        [--operating-points FILE_OR_DIR] [--calibration FILE_OR_DIR]
+        [--operating-points FILE_OR_DIR] [--calibration FILE_OR_DIR] [--no-onnx | --onnx-int8]
     python src/export_models.py --from-bundle DIR --calibration FILE_OR_DIR --out NEW_DIR
+    python src/export_models.py --from-bundle DIR --onnx [--onnx-int8] --out NEW_DIR
 
 Takes the CNN + LSTM pairs that inference.py would use (``models`` x ``folds`` from the run
 folders, or ``checkpoints``) and writes a model bundle (docs/bundle.md): per model its weights
@@ -13,10 +14,19 @@ site validation's operating_points.json and calibration.json (each the file, or 
 holding it), checked, hashed and named in the model card; stage 7 and predict_study.py apply
 the calibration. ``--from-bundle`` makes the new bundle from an existing one (verified) instead
 of the run folders, adding or replacing those files (docs/validation.md).
+Each model is also written as ONNX (``<name>.onnx``, listed and hashed in the manifest with its
+opset and exporter versions), checked against the torch model before it is written
+(rsna_pe.infer.onnx_export): ``runtime=onnx`` then runs the bundle with ONNX Runtime on a CPU
+without torch. ``--no-onnx`` leaves them out; ``--from-bundle DIR --onnx`` adds them to a bundle
+that has none (one made before ONNX export) and keeps them otherwise, as every other file.
+``--onnx-int8`` also writes each CNN with its convolutions quantised to int8
+(``<name>.int8.onnx``), which ``onnx_int8=true`` runs: faster, less exact (docs/speed.md).
 """
+import argparse
 from pathlib import Path
 
 from rsna_pe.core import cli
+from rsna_pe.core.errors import ConfigError
 from rsna_pe.infer import bundle, site_files
 from rsna_pe.infer.pairs import resolve_pairs
 
@@ -31,15 +41,28 @@ def main(argv=None):
                        help="calibration.json (validate_site.py --calibrate-split), or its folder")
         p.add_argument("--from-bundle", type=Path, metavar="DIR",
                        help="copy this bundle's models instead of the run folders' (adds the files above)")
+        p.add_argument("--onnx", action=argparse.BooleanOptionalAction, default=None,
+                       help="write each model as ONNX too (default from run folders; with --from-bundle: "
+                            "add them to a bundle without them)")
+        p.add_argument("--onnx-int8", action="store_true",
+                       help="also each CNN with its convolutions quantised to int8 (for onnx_int8=true)")
     cfg, args = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv, add_args=add)
     site = site_files.given(args.operating_points, args.calibration)
     if args.from_bundle:
-        manifest = bundle.derive(args.from_bundle, args.out, site, overwrite=args.overwrite)
+        if args.onnx is False:
+            raise ConfigError("--no-onnx: --from-bundle keeps the source bundle's files as they are")
+        manifest = bundle.derive(args.from_bundle, args.out, site, overwrite=args.overwrite,
+                                 add=bool(args.onnx or args.onnx_int8), int8=args.onnx_int8)
     else:
+        if args.onnx is False and args.onnx_int8:
+            raise ConfigError("--onnx-int8 with --no-onnx: the int8 CNNs run with the ONNX heads")
         manifest = bundle.export(resolve_pairs(cfg), args.out, overwrite=args.overwrite, inference_cfg=cfg,
-                                 site=site)
+                                 site=site, onnx=args.onnx is not False, int8=args.onnx_int8)
+    onnx = manifest.get("onnx")
     print(f"wrote {args.out}: {len(manifest['pairs'])} model pairs, {len(manifest['files'])} files "
-          f"+ {bundle.MANIFEST} (format version {manifest['format_version']})")
+          f"+ {bundle.MANIFEST} (format version {manifest['format_version']}"
+          + (f"; ONNX opset {onnx['opset']}, largest difference to torch "
+             f"{max(m['max_abs_diff'] for m in onnx['models'].values()):.2g})" if onnx else "; no ONNX)"))
 
 
 if __name__ == "__main__":

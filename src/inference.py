@@ -2,7 +2,8 @@
 
     python src/inference.py [-c configs/inference.yml] [key=value ...]
 
-Reads ``<data_dir>/<split>.csv`` and its DICOM series, and the models from their run folders
+Reads ``<data_dir>/<split>.csv`` and its DICOM series (or, with ``input_layout=any``, every study
+found by content in any tree under ``<data_dir>/<split>``: docs/dicom.md), and the models from their run folders
 or from a model bundle (``bundle=DIR``, see docs/bundle.md); writes ``<output_dir>/submission.csv``
 (validated: every id once, labels in [0, 1], every consistency rule; a submission that fails is
 not written), ``errors.csv``, ``acquisition.csv`` (per study its scanner fields, read from a
@@ -20,23 +21,27 @@ With ``dicom_out=DIR`` rank 0 also writes each predicted study's DICOM objects i
 ``DIR/<StudyInstanceUID>/`` (a TID 1500 SR, and with ``dicom_key_images`` key images:
 rsna_pe.viz.dicom_out, docs/dicom.md); a study whose objects fail is listed in errors.csv, its
 predictions kept. Without it every output is as it would be without these keys.
+With ``runtime=onnx`` a bundle's ONNX models run with ONNX Runtime on ``onnx_threads`` CPU
+threads, in one process (not under torchrun) and without importing torch
+(rsna_pe.infer.onnx_runtime); the reading, post-processing and outputs are the same.
 """
 import logging
+import os
 from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
-import torch
 from tqdm import tqdm
 
 from rsna_pe.core import cli, ids, paths, runtime
 from rsna_pe.core.config import save_config
-from rsna_pe.core.errors import PipelineError
+from rsna_pe.core.errors import ConfigError, PipelineError
 from rsna_pe.core.io import atomic_to_csv, has_outputs, read_csv
 from rsna_pe.core.labels import ID_COLUMNS, study_series
 from rsna_pe.data.acquisition import fields_table
-from rsna_pe.infer.ensemble import StudyReader, load_ensemble
+from rsna_pe.data.discovery import tree_split
+from rsna_pe.infer.ensemble import StudyReader, load_ensemble, read_ahead, uses_onnx
 from rsna_pe.infer.inference_records import submission_record
 from rsna_pe.metric import to_submission, validate_submission
 from rsna_pe.records import provenance
@@ -55,6 +60,34 @@ def study_dirs(root, df, source):
         except ids.UnsafeIdError as e:
             refused.append((study, str(e)))
     return dirs, refused
+
+
+def read_inputs(cfg, data, out, d):
+    """The studies to predict: -> ({study: its series folder or files}, {study: its
+    SOPInstanceUIDs}, [(study, reason)] to get the label prior, [(study, reason)] left out,
+    the csv of ids the record hashes). ``input_layout: kaggle`` reads ``<split>.csv`` and its
+    folders; ``any`` finds the studies in any tree under ``<data_dir>/<split>`` by content and
+    predicts each study's series chosen by ``series_selection`` (rsna_pe.data.discovery); their
+    ids go to ``<output_dir>/inputs.csv``."""
+    root = data / cfg["split"]
+    if cfg["input_layout"] == "kaggle":
+        df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, id_columns=ID_COLUMNS, dtype=str)
+        dirs, refused = study_dirs(root, df, f"{cfg['split']}.csv")
+        return dirs, df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict(), refused, [], \
+            data / f"{cfg['split']}.csv"
+    if cfg["input_layout"] != "any":
+        raise ConfigError(f"input_layout {cfg['input_layout']!r}: kaggle or any")
+    if not root.is_dir():
+        raise PipelineError(f"{root}: not a folder")
+    chosen, unlisted = tree_split(root, cfg["series_selection"])
+    ids_csv = out / "inputs.csv"
+    if d.is_main:  # the ids of what is predicted, hashed by the record like the Kaggle csv
+        rows = [(study, s.uid, sop) for study, s in sorted(chosen.items()) for sop in s.sops]
+        atomic_to_csv(pd.DataFrame(rows, columns=ID_COLUMNS), ids_csv)
+    for where, reason in unlisted:
+        log.warning("%s: %s; left out", where or root, reason)
+    return ({k: s.files for k, s in chosen.items()}, {k: s.sops for k, s in chosen.items()}, [], unlisted,
+            ids_csv)
 
 
 def _reason(e):
@@ -78,10 +111,7 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0, acquisition=N
     study's scanner fields go into ``acquisition`` {study: fields}, if given.
     Workers decode the next studies while the models run; on a GPU consecutive studies go
     through the models together (``ens.group`` slices at a time, rsna_pe.infer.embed)."""
-    cuda = ens.device.type == "cuda"
-    loader = torch.utils.data.DataLoader(StudyReader(studies, dirs, ens.read), batch_size=None,
-                                         num_workers=num_workers, pin_memory=cuda,
-                                         prefetch_factor=4 if num_workers else None)
+    loader = study_loader(ens, studies, dirs, num_workers)
     results, errors, batch = {}, [], []
 
     def flush():
@@ -92,7 +122,7 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0, acquisition=N
                 results[item["study"]] = (item["sops"], *pred)
         batch.clear()
 
-    for item in tqdm(loader, desc="inference", unit="study", disable=rank > 0):
+    for item in tqdm(loader, desc="inference", unit="study", total=len(studies), disable=rank > 0):
         study, err = item["study"], item["error"]
         if acquisition is not None:
             acquisition[study] = item["acquisition"]
@@ -107,6 +137,18 @@ def predict_all(ens, studies, dirs, expected, num_workers, rank=0, acquisition=N
     if batch:
         flush()
     return results, errors
+
+
+def study_loader(ens, studies, dirs, num_workers):
+    """The ``studies`` (StudyReader items) in order, decoded ahead by ``num_workers`` processes:
+    torch's DataLoader (pinned memory on a GPU), or without torch for ONNX Runtime."""
+    if getattr(ens, "runtime", "torch") != "torch":
+        return read_ahead(StudyReader(studies, dirs, ens.reader.read), num_workers)
+    import torch
+
+    return torch.utils.data.DataLoader(StudyReader(studies, dirs, ens.read), batch_size=None,
+                                       num_workers=num_workers, pin_memory=ens.device.type == "cuda",
+                                       prefetch_factor=4 if num_workers else None)
 
 
 def with_prior(ens, failed, expected, results, errors):
@@ -151,6 +193,10 @@ def _not_written(out, why):
 
 def main(argv=None):
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="inference.yml", argv=argv)
+    if uses_onnx(cfg):  # ONNX Runtime on the CPU: one process, no process group, no torch
+        if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+            raise ConfigError("runtime=onnx runs in one process: start inference.py with python, not torchrun")
+        return _infer(cfg, runtime.Dist(device=runtime.HOST))
     d = runtime.init(cfg["device"])
     try:
         return _infer(cfg, d)
@@ -183,24 +229,25 @@ def write_dicom(opts, ens, dirs, results, errors):
 
 
 def _infer(cfg, d):
-    if d.device.type == "cpu":
+    onnx = uses_onnx(cfg)
+    if d.device.type == "cpu" and not onnx:
         runtime.set_cpu_threads(cfg["num_workers"], d.world)
-    data = Path(cfg["data_dir"])
-    df = read_csv(data / f"{cfg['split']}.csv", ID_COLUMNS, id_columns=ID_COLUMNS, dtype=str)
-    expected = df.groupby("StudyInstanceUID")["SOPInstanceUID"].apply(list).to_dict()
-    dirs, refused = study_dirs(data / cfg["split"], df, f"{cfg['split']}.csv")
-    out = Path(cfg["output_dir"])
+    data, out = Path(cfg["data_dir"]), Path(cfg["output_dir"])
+    dirs, expected, refused, unlisted, ids_csv = read_inputs(cfg, data, out, d)
     mine = sorted(dirs)[d.rank::d.world]
     n_slices = sum(len(expected[s]) for s in mine)
     compile_ = runtime.resolve_compile(cfg["compile"], d.device.type, n_slices, cfg["compile_min_slices"])
-    ens = load_ensemble(cfg, d.device, compile=compile_)
+    # ONNX Runtime's threads: by default the cores less the decoding workers, as torch's above
+    models_cfg = {**cfg, "onnx_threads": cfg["onnx_threads"] or runtime.cpu_threads(cfg["num_workers"])} \
+        if onnx else cfg
+    ens = load_ensemble(models_cfg, d.device, compile=compile_)
     dicom = dicom_options(cfg, ens)
-    if runtime.on_main(d, lambda: _up_to_date(cfg, ens.sources, data / f"{cfg['split']}.csv", out,
-                                                    ens.calibration_info)):
+    if runtime.on_main(d, lambda: _up_to_date(cfg, ens.sources, ids_csv, out, ens.calibration_info)):
         log.info("%s is up to date", out / "submission.csv")
         return 0
-    log.info("%d studies, %d images, %d model pairs on %s%s", len(expected), len(df), len(ens.members), d.device,
-             ", compiled" if compile_ else "")
+    log.info("%d studies, %d images, %d model pairs on %s%s", len(expected), sum(map(len, expected.values())),
+             len(ens.members), d.device,
+             ", ONNX Runtime" if onnx else ", compiled" if compile_ else "")
     acquisition = {}
     results, errors = predict_all(ens, mine, dirs, expected, cfg["num_workers"], d.rank, acquisition)
     gathered = runtime.gather_objects((results, errors, acquisition), d)
@@ -210,6 +257,7 @@ def _infer(cfg, d):
     errors = [e for _, es, _ in gathered for e in es]
     acquisition = {k: v for _, _, a in gathered for k, v in a.items()}
     with_prior(ens, refused, expected, results, errors)
+    errors += unlisted  # any tree: studies with no series to predict have no rows (no images)
     if dicom:
         write_dicom(dicom, ens, dirs, results, errors)
 

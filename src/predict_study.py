@@ -19,6 +19,9 @@ go on; so is a folder of files that cannot be read.
 Activation maps (Grad-CAM, rsna_pe.viz.cam) are made for the ``--cam-top-k`` most probable slices,
 or all with ``--cam-all``. ``--dicom-out DIR`` also writes, per series, a DICOM structured report
 (TID 1500) and key images into the source study (rsna_pe.viz.dicom_out, docs/dicom.md).
+With ``runtime=onnx`` a bundle's ONNX models run with ONNX Runtime on the CPU without torch:
+the same outputs, less the activation maps (the pages and the report say so, key images carry
+no overlay).
 """
 import logging
 import re
@@ -28,9 +31,9 @@ from rsna_pe.core import cli
 from rsna_pe.core.errors import PipelineError
 from rsna_pe.core.ids import is_safe
 from rsna_pe.core.labels import EXAM_LABELS
-from rsna_pe.core.runtime import pick_device
+from rsna_pe.core.runtime import HOST, pick_device
 from rsna_pe.data.discovery import discover
-from rsna_pe.infer.ensemble import load_ensemble
+from rsna_pe.infer.ensemble import load_ensemble, uses_onnx
 from rsna_pe.serve.study import dicom_options, message, one_line, predict_series
 from rsna_pe.viz.viewer import PREVIEW_SIZE, write_index
 
@@ -135,7 +138,7 @@ def main(argv=None):
     if not found.entries():
         raise PipelineError(f"{args.series_dir}: no DICOM files in it or its subfolders")
     out = args.out or Path("output/predict_study") / args.series_dir.name
-    ens = load_ensemble(cfg, pick_device(cfg["device"]))
+    ens = load_ensemble(cfg, HOST if uses_onnx(cfg) else pick_device(cfg["device"]))
     args.dicom = dicom_options(cfg, ens, args)
     if found.flat and len(found.studies) <= 1:  # one series' (or study's) own folder
         predict_folder(ens, found, out, args)

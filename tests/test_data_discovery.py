@@ -9,16 +9,26 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pydicom
 import pytest
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import ExplicitVRLittleEndian, generate_uid
 
+import inference
 import predict_study
 from rsna_pe.core.config import CONFIG_DIR, load_config
 from rsna_pe.core.errors import ConfigError, DicomReadError, PipelineError
+from rsna_pe.core.labels import EXAM_LABELS
 from rsna_pe.data.dicom import read_series_images, read_series_order
-from rsna_pe.data.discovery import DIRECTORY_STORAGE, Image, check_rule, choose, discover, make_series
+from rsna_pe.data.discovery import (
+    DIRECTORY_STORAGE,
+    Image,
+    check_rule,
+    choose,
+    discover,
+    make_series,
+)
 from rsna_pe.synthetic import generate
 
 LEGACY = Path(__file__).resolve().parent / "fixtures" / "legacy"
@@ -192,15 +202,8 @@ def test_predict_study_on_the_export_predicts_the_ctpa_as_its_own_folder(export,
 def test_unreadable_folders_and_studies_without_a_fitting_series_are_rows_not_crashes(ctpa, tmp_path, one_thread,
                                                                                      caplog):
     root = tmp_path / "export"
-    write_export(ctpa, root / "good", DICOMDIR_TREE)
-    (root / "broken").mkdir()
-    (root / "broken" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"no header")  # claims DICOM
+    _hostile_tree(ctpa, root)
     (root / "broken" / "IM0002.dcm").write_text("not DICOM")  # claims it by its name
-    scout = pydicom.dcmread(next(ctpa.glob("*.dcm")))  # a study holding only a localizer
-    scout.StudyInstanceUID, scout.SeriesInstanceUID, scout.SOPInstanceUID = (_uid("scout", p) for p in "abc")
-    _localizer(scout, 0)
-    (root / "scout").mkdir()
-    scout.save_as(root / "scout" / "1", enforce_file_format=True)
     with caplog.at_level(logging.INFO), pytest.raises(PipelineError, match=r"^2 of 3 studies failed"):
         predict_study.main([str(root), "--out", str(tmp_path / "out"), *PREDICT])
     assert "2 file(s) not readable DICOM" in caplog.text and "no series fits the rule" in caplog.text
@@ -208,6 +211,42 @@ def test_unreadable_folders_and_studies_without_a_fitting_series_are_rows_not_cr
     assert "2 files not readable DICOM" in index and "not axial: slices 90 degrees" in index
     assert "IM0001" not in index and "broken" not in index  # pages never show file or folder names
     assert len(list((tmp_path / "out").glob("*/prediction.json"))) == 1  # the good study
+
+
+def _hostile_tree(ctpa, root):
+    """The export beside a folder of unreadable files and a study holding only a localizer."""
+    series = write_export(ctpa, root / "good", DICOMDIR_TREE)
+    (root / "broken").mkdir()
+    (root / "broken" / "IM0001").write_bytes(b"\0" * 128 + b"DICM" + b"no header")  # claims DICOM
+    scout = pydicom.dcmread(next(ctpa.glob("*.dcm")))
+    scout.StudyInstanceUID, scout.SeriesInstanceUID, scout.SOPInstanceUID = (_uid("scout", p) for p in "abc")
+    _localizer(scout, 0)
+    (root / "scout").mkdir()
+    scout.save_as(root / "scout" / "1", enforce_file_format=True)
+    return series
+
+
+def test_stage7_reads_any_tree_with_input_layout_any(ctpa, tmp_path, one_thread):
+    data = tmp_path / "data"
+    series = _hostile_tree(ctpa, data / "test")
+    out = tmp_path / "out"
+    args = ["-c", str(CONFIG_DIR / "demo" / "inference.yml"), f"bundle={LEGACY / 'bundle'}", f"data_dir={data}",
+            "split=test", "input_layout=any", f"output_dir={out}"]
+    inference.main(args)
+    predict_study.main([str(ctpa), "--out", str(tmp_path / "alone"), *PREDICT])
+    alone, alone_img, alone_sops = _prediction(tmp_path / "alone" / "prediction.json")
+    rows = pd.read_csv(out / "submission.csv").set_index("id")["label"]
+    assert sorted(i for i in rows.index if "_" not in i) == sorted(alone_sops)  # the CTPA's images only
+    np.testing.assert_allclose([rows[s] for s in alone_sops], alone_img, atol=1e-6)
+    np.testing.assert_allclose([rows[f"{alone['study']}_{k}"] for k in EXAM_LABELS],
+                               [alone["exam"][k] for k in EXAM_LABELS], atol=1e-6)
+    inputs = pd.read_csv(out / "inputs.csv", dtype=str)
+    assert set(inputs.SeriesInstanceUID) == {series["ctpa"][0]} and sorted(inputs.SOPInstanceUID) == sorted(alone_sops)
+    reasons = sorted(pd.read_csv(out / "errors.csv")["reason"])
+    assert len(reasons) == 2 and "not readable DICOM" in reasons[0] and "no series fits the rule" in reasons[1]
+    before = (out / "submission.csv").stat().st_mtime_ns
+    inference.main(args)  # the same tree again: up to date, nothing written
+    assert (out / "submission.csv").stat().st_mtime_ns == before
 
 
 def test_files_without_the_preamble_are_passed_over_not_forced(ctpa, tmp_path, caplog):

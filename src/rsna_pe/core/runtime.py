@@ -4,19 +4,38 @@ Process group: a plain ``python`` run is a group of one.
 
 ``torchrun --nproc_per_node=N`` sets RANK / WORLD_SIZE / LOCAL_RANK; we then use NCCL on
 GPUs and Gloo on CPUs. Only rank 0 writes files and logs metrics.
+
+torch is imported where it is used, not with this module: inference with ONNX Runtime
+(rsna_pe.infer.onnx_runtime) runs through here on machines without torch.
 """
 import contextlib
 import datetime
 import hashlib
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
-import torch
-import torch.distributed as dist
 
 from .errors import ConfigError, PipelineError
+
+
+@dataclass(frozen=True)
+class HostDevice:
+    """The CPU as the device of a run without torch (ONNX Runtime): ``type`` is what the
+    stages read of a torch.device."""
+    type: str = "cpu"
+
+    def __str__(self):
+        return self.type
+
+
+HOST = HostDevice()
+
+
+def _cpu_device():
+    import torch
+    return torch.device("cpu")
 
 
 @dataclass
@@ -24,7 +43,7 @@ class Dist:
     rank: int = 0
     world: int = 1
     local_rank: int = 0
-    device: torch.device = torch.device("cpu")
+    device: object = field(default_factory=_cpu_device)  # a torch.device, or HOST
 
     @property
     def enabled(self):
@@ -37,6 +56,8 @@ class Dist:
 
 def pick_device(name="auto", local_rank=0):
     """``auto`` -> the local GPU if there is one, else CPU; ``cuda`` without a GPU is an error."""
+    import torch
+
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     if name.startswith("cuda"):
@@ -53,6 +74,9 @@ def init(device_name="auto"):
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
     device = pick_device(device_name, local_rank)
+    import torch
+    import torch.distributed as dist
+
     if world > 1 and not dist.is_initialized():
         if device.type == "cuda":
             torch.cuda.set_device(device)
@@ -65,14 +89,20 @@ def init(device_name="auto"):
     return Dist(rank, world, local_rank, device)
 
 
+def _dist():
+    import torch.distributed as dist
+    return dist
+
+
 def cleanup():
+    dist = _dist()
     if dist.is_initialized():
         dist.destroy_process_group()
 
 
 def barrier(d):
     if d.enabled:
-        dist.barrier()
+        _dist().barrier()
 
 
 def gather_objects(obj, d):
@@ -80,7 +110,7 @@ def gather_objects(obj, d):
     if not d.enabled:
         return [obj]
     out = [None] * d.world
-    dist.all_gather_object(out, obj)
+    _dist().all_gather_object(out, obj)
     return out
 
 
@@ -89,7 +119,7 @@ def broadcast_object(obj, d, src=0):
     if not d.enabled:
         return obj
     box = [obj]
-    dist.broadcast_object_list(box, src=src)
+    _dist().broadcast_object_list(box, src=src)
     return box[0]
 
 
@@ -112,6 +142,8 @@ def on_main(d, fn):
 
 def weights_digest(named_tensors):
     """Short sha256 of named tensors (e.g. ``model.named_parameters()``), to compare ranks."""
+    import torch
+
     h = hashlib.sha256()
     for name, t in sorted(named_tensors, key=lambda kv: kv[0]):
         h.update(name.encode())
@@ -126,21 +158,25 @@ def broadcast_buffers(model, d, src=0):
     if not d.enabled:
         return
     for b in model.buffers():
-        dist.broadcast(b.data, src=src)
+        _dist().broadcast(b.data, src=src)
 
 
 def mean_across(value, d):
     """Mean of a float over ranks."""
     if not d.enabled:
         return float(value)
+    import torch
+
     t = torch.tensor([float(value)], dtype=torch.float64,
                      device=d.device if d.device.type == "cuda" else "cpu")
-    dist.all_reduce(t)
+    _dist().all_reduce(t)
     return float(t.item()) / d.world
 
 
 # ----------------------------------------------------------------------------- threads, precision, seeds
 def seed_everything(seed):
+    import torch
+
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
@@ -151,6 +187,8 @@ def amp_settings(amp, device):
     scaler; CPU trains in fp32."""
     if not amp or device.type != "cuda":
         return None, False
+    import torch
+
     if torch.cuda.is_bf16_supported():
         return torch.bfloat16, False
     return torch.float16, True
@@ -174,16 +212,17 @@ def resolve_compile(value, device_type, n_items=None, min_items=0):
 def autocast(device, dtype):
     if dtype is None:
         return contextlib.nullcontext()
+    import torch
+
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-def set_cpu_threads(num_workers, local_world=1):
-    """CPU training: share the cores between loader workers and the ranks on this machine.
-    OpenMP threads that outnumber free cores spin against each other (steps 10x slower).
-    RSNA_PE_CORES (set by the wrappers when JOBS runs share a machine) is this run's share of
-    the cores; an explicit OMP_NUM_THREADS wins over everything."""
-    if "OMP_NUM_THREADS" in os.environ:
-        return
+def cpu_threads(num_workers=0, local_world=1):
+    """This process's compute threads on a CPU: the cores less the loader workers, shared by
+    the ranks on this machine. RSNA_PE_CORES (set by the wrappers when JOBS runs share a
+    machine) is this run's share of the cores; an explicit OMP_NUM_THREADS wins over everything."""
+    if os.environ.get("OMP_NUM_THREADS", "").isdigit() and int(os.environ["OMP_NUM_THREADS"]) > 0:
+        return int(os.environ["OMP_NUM_THREADS"])
     if os.environ.get("RSNA_PE_CORES", "").isdigit() and int(os.environ["RSNA_PE_CORES"]) > 0:
         cores = int(os.environ["RSNA_PE_CORES"])
     else:
@@ -191,10 +230,22 @@ def set_cpu_threads(num_workers, local_world=1):
             cores = len(os.sched_getaffinity(0))
         except AttributeError:
             cores = os.cpu_count() or 1
-    torch.set_num_threads(max(1, (cores - num_workers) // max(1, local_world)))
+    return max(1, (cores - num_workers) // max(1, local_world))
+
+
+def set_cpu_threads(num_workers, local_world=1):
+    """CPU training and inference: torch's threads as ``cpu_threads`` counts them. OpenMP
+    threads that outnumber free cores spin against each other (steps 10x slower)."""
+    if "OMP_NUM_THREADS" in os.environ:
+        return  # torch read it itself
+    import torch
+
+    torch.set_num_threads(cpu_threads(num_workers, local_world))
 
 
 def rng_state():
+    import torch
+
     np_state = np.random.get_state()
     return {
         "torch": torch.get_rng_state(),
@@ -206,6 +257,8 @@ def rng_state():
 
 
 def set_rng_state(s):
+    import torch
+
     torch.set_rng_state(s["torch"])
     if s.get("cuda") is not None and torch.cuda.is_available():
         torch.cuda.set_rng_state(s["cuda"])

@@ -11,8 +11,9 @@ with its reason, logged. A DICOMDIR is passed over (not an image; the headers al
 which image belongs where). Files without the preamble are not read: forced, pydicom reads any
 bytes as a dataset, and media written to the standard carry the preamble.
 
-Only predict_study reads this way: stages 1-7 read the Kaggle layout (rsna_pe.data.dicom),
-where a series folder holding another series' files stays an error.
+predict_study and the DICOM node read this way, and stage 7 with ``input_layout: any``
+(``tree_split``); otherwise stages 1-7 read the Kaggle layout (rsna_pe.data.dicom), where a
+series folder holding another series' files stays an error.
 """
 import logging
 import math
@@ -23,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from ..core.errors import ConfigError, DicomReadError, PipelineError
-from ..core.ids import show
+from ..core.ids import checked, show
 from .dicom import finite_numbers, hex_uids_accepted, read_dataset, series_where
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,7 @@ class Image:
     orientation: tuple | None  # ImageOrientationPatient (6 values), None: absent
     position: tuple | None     # ImagePositionPatient (3 values), None: absent
     thickness: float | None    # SliceThickness
+    sop: str | None = None     # SOPInstanceUID
 
 
 @dataclass
@@ -71,6 +73,7 @@ class Series:
     orientation_problem: str | None
     positions: list | None          # sorted positions along the normal (mm), None: not every image has one
     thickness: float | None         # SliceThickness of the first image, else the median step
+    sops: list = field(default_factory=list)  # SOPInstanceUID of each file (None: absent)
 
     def describe(self):
         thick = "unknown" if self.thickness is None else f"{self.thickness:.3g} mm"
@@ -187,7 +190,7 @@ def read_image(path):
                          tuple(str(v).upper() for v in (ds.get("ImageType") or ())),
                          _values(ds, "ImageOrientationPatient", path, 6),
                          _values(ds, "ImagePositionPatient", path, 3),
-                         thickness[0] if thickness else None)
+                         thickness[0] if thickness else None, str(ds.get("SOPInstanceUID") or "") or None)
     except DicomReadError:
         raise
     except Exception as e:  # pydicom converts values lazily and raises many types
@@ -241,7 +244,7 @@ def make_series(images):
     if thickness is None and positions and len(positions) > 1:
         thickness = float(np.median(np.diff(positions)))
     return Series(first.study, first.series, [i.path for i in images], first.modality, first.image_type,
-                  normal, problem, positions, thickness)
+                  normal, problem, positions, thickness, [i.sop for i in images])
 
 
 def _gap_problem(positions, max_gap):
@@ -343,3 +346,22 @@ def discover(root, rule):
         log_choice(study)
     flat = any(i.path.parent == root for i in images) or root in unreadable
     return Found(root, studies, [Unreadable(f, r) for f, r in unreadable.items()], flat)
+
+
+def tree_split(root, rule):
+    """Stage 7 on any tree (``input_layout: any``): every study found under ``root`` with its
+    chosen series. -> ({study: Series}, [(study or "", one-line reason)] for studies that cannot
+    be predicted: no series fits the rule, a StudyInstanceUID unfit for a submission id
+    (rsna_pe.core.ids), an image without SOPInstanceUID, a folder of unreadable files)."""
+    chosen, refused = {}, []
+    for entry in discover(root, rule).entries():
+        try:
+            series = entry.to_predict()
+            checked(entry.uid, "StudyInstanceUID", f"study {show(entry.uid)}")
+            if None in series.sops:
+                raise DicomReadError(series.files[series.sops.index(None)], "no SOPInstanceUID in its header")
+        except PipelineError as e:
+            refused.append((entry.uid or "", " ".join(str(e).split())))
+            continue
+        chosen[entry.uid] = series
+    return chosen, refused

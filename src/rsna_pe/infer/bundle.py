@@ -24,6 +24,12 @@ or read from outside the bundle), then its weights are loaded strictly. Any dama
 one line naming the file and the key (docs/bundle.md). ``open_bundle`` also gives the site
 files, parsed from those same verified bytes; the ensemble applies a calibration
 (rsna_pe.infer.ensemble).
+
+With ``onnx`` (the default from run folders) export also writes ``<name>.onnx``, each model as
+ONNX, built from the bundle's own weights and checked against them (rsna_pe.infer.onnx_export),
+listed in the manifest's ``onnx`` section and hashed like the rest; rsna_pe.infer.onnx_runtime
+runs them without torch. The networks, timm and torch are imported only where a model is built
+or exported, so that a bundle's JSON files can be read and checked without them.
 """
 import contextlib
 import json
@@ -36,11 +42,8 @@ from ..core.labels import IMAGE_LABEL, LABELS
 from ..core.paths import PRIOR_FILE
 from ..data.model_input import input_channels, input_kind
 from ..data.windows import WINDOWS
-from ..models.cnn import offline_backbone
-from ..models.networks import build_network, output_labels, without_pretrained
-from ..train.checkpoint import read_checkpoint
 from . import calibration
-from .bundle_card import model_card, with_site_section
+from .bundle_card import model_card, with_onnx_section, with_site_section
 from .bundle_files import (
     CALIBRATED_VERSION,
     CARD,
@@ -48,6 +51,7 @@ from .bundle_files import (
     FORMAT_VERSION,
     KINDS,
     MANIFEST,
+    ONNX_SUFFIX,
     POSTPROCESS,
     key_of,
     listed,
@@ -69,6 +73,8 @@ def _json_bytes(obj, where):
 def label_groups(kind, cfg):
     """The labels of a ``kind`` model's outputs (rsna_pe.models.networks.output_labels) as its JSON
     keeps them: {"image": [IMAGE_LABEL], "exam": [...]}, no "exam" for a CNN without exam outputs."""
+    from ..models.networks import output_labels
+
     names = output_labels({**cfg, "network": kind})
     exam = [n for n in names if n != IMAGE_LABEL]
     return {"image": [n for n in names if n == IMAGE_LABEL], **({"exam": exam} if exam else {})}
@@ -122,6 +128,8 @@ def _add_model(files, models, names, kind, path):
     key = str(Path(path).resolve())
     if key in names:
         return names[key]
+    from ..train.checkpoint import read_checkpoint
+
     ckpt = read_checkpoint(path)
     cfg = ckpt["config"]
     name = f"{cfg.get('run_name', Path(path).parent.parent.name)}.fold{cfg.get('dataset', {}).get('fold')}.{kind}"
@@ -142,9 +150,10 @@ def refuse_full(out, overwrite):
         raise PipelineError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
 
 
-def export(pairs, out, overwrite=False, inference_cfg=None, site=None):
+def export(pairs, out, overwrite=False, inference_cfg=None, site=None, onnx=True, int8=False):
     """Write the bundle of ``pairs`` [(cnn_ckpt, rnn_ckpt)] to the folder ``out``, with the site
-    files ``site`` {file name: (bytes, checked document)} (rsna_pe.infer.site_files.given); -> manifest."""
+    files ``site`` {file name: (bytes, checked document)} (rsna_pe.infer.site_files.given) and,
+    with ``onnx``, every model as ONNX (with ``int8``, each CNN's int8 model too); -> manifest."""
     out, site = Path(out), site or {}
     refuse_full(out, overwrite)
     files, models, names, pair_names = {}, {}, {}, []
@@ -160,17 +169,34 @@ def export(pairs, out, overwrite=False, inference_cfg=None, site=None):
     files[PRIOR_FILE] = _json_bytes(prior, out / PRIOR_FILE)
     files.update({name: data for name, (data, _) in site.items()})
     docs = {name: doc for name, (_, doc) in site.items()}
-    files[CARD] = model_card(models, pair_names, prior, inference_cfg, docs).encode()
-    return write_bundle(out, files, pair_names)
+    section = add_onnx(out, files, pair_names, int8) if onnx or int8 else None
+    files[CARD] = model_card(models, pair_names, prior, inference_cfg, docs, onnx=section).encode()
+    return write_bundle(out, files, pair_names, onnx=section)
 
 
-def write_bundle(out, files, pairs, base=None):
+def add_onnx(out, files, pairs, int8=False):
+    """Each model of ``pairs`` as ONNX (with ``int8``, each CNN's int8 model too), built from
+    ``files`` (the bundle's bytes, {name: bytes}) exactly as loading builds it and checked
+    against it: the .onnx files go into ``files``; -> the manifest's ``onnx`` section."""
+    from . import onnx_export  # torch and onnxscript: only an export needs them
+
+    def load(name, kind):
+        model, fields, _ = _load_model(out, files, name, kind, "cpu")
+        return model, fields
+
+    onnx_files, section = onnx_export.export_pairs(out, pairs, load, int8)
+    files.update(onnx_files)
+    return section
+
+
+def write_bundle(out, files, pairs, base=None, onnx=None):
     """``files`` {name: bytes} and their manifest into the folder ``out``, atomically; ``base``:
-    the manifest sha256 of the bundle this one was made from."""
+    the manifest sha256 of the bundle this one was made from; ``onnx``: the ONNX section."""
     version = CALIBRATED_VERSION if calibration.FILE in files else FORMAT_VERSION
     manifest = {"format": FORMAT, "format_version": version, "pairs": pairs,
                 "postprocess": POSTPROCESS, "labels": list(LABELS),
                 **({"derived_from": {"manifest_sha256": base}} if base else {}),
+                **({"onnx": onnx} if onnx else {}),
                 "files": {k: sha256_hex(v) for k, v in sorted(files.items())}}
     raw = _json_bytes(manifest, out / MANIFEST)
     with atomic_dir(out) as tmp:
@@ -205,8 +231,9 @@ def _one_line(where, key):
                             f"{(str(e).splitlines() or [''])[0][:120]})") from None
 
 
-def _entry(bundle, files, name, kind):
-    """-> (a model's JSON, its path), its structure checked as far as loading reads it."""
+def checked_entry(bundle, files, name, kind, built=True):
+    """-> (a model's JSON, its path), its structure checked as far as loading reads it;
+    ``built``: its torch model will be built (the CNN's backbone name is then checked too)."""
     path = Path(bundle) / f"{name}.json"
     entry = strict_loads(listed(bundle, files, path.name), path)
     got = (key_of(entry, "kind", str, path), key_of(entry, "config.network", str, path))
@@ -217,8 +244,11 @@ def _entry(bundle, files, name, kind):
         key_of(entry, key, types, path)
     plain_name(entry["weights"], path, "weights")
     cfg = entry["config"]
-    if kind == "cnn":
+    if kind == "cnn" and built:
+        from ..models.cnn import offline_backbone
+
         offline_backbone(cfg["model"].get("backbone"), f"{path}: key 'config.model.backbone'")
+    if kind == "cnn":
         if not 0 < cfg["dataset"]["size"] <= MAX_INPUT_SIZE:  # else every study fails, silently given the prior
             raise PipelineError(f"{path}: key 'config.dataset.size' is {cfg['dataset']['size']}, expected "
                                 f"1 to {MAX_INPUT_SIZE}")
@@ -230,17 +260,15 @@ def _load_model(bundle, files, name, kind, device):
     bytes it was loaded from)."""
     import safetensors.torch  # optional dependency: only bundles need it
 
-    entry, path = _entry(bundle, files, name, kind)
+    from ..models.networks import build_network, without_pretrained
+
+    entry, path = checked_entry(bundle, files, name, kind)
     cfg = entry["config"]
     with _one_line(path, "config"):
         want = label_groups(kind, cfg)
         # Built without pretrained weights (whatever the config says), then given the bundle's.
         model = build_network(without_pretrained(cfg))
-        if kind == "cnn":
-            input_kind(cfg)
-    if kind == "cnn":
-        with _one_line(path, "record"):  # what the Ensemble reads of it
-            jpeg_settings(entry, path)
+    check_input(entry, path, kind)
     if entry["labels"] != want:
         raise PipelineError(f"{path}: output labels {entry['labels']!r:.200} are not in this code's order {want}")
     weights = Path(bundle) / entry["weights"]
@@ -259,13 +287,31 @@ def _load_model(bundle, files, name, kind, device):
     return model.to(device).eval(), {"config": cfg, "record": entry.get("record")}, sha256_hex(data)
 
 
-def _prior(bundle, files):
+def check_input(entry, path, kind):
+    """A CNN's input settings as the Ensemble reads them (input kind, the JPEG set's settings in
+    its record), any damage one line naming the file and the block."""
+    if kind == "cnn":
+        with _one_line(path, "config"):
+            input_kind(entry["config"])
+        with _one_line(path, "record"):
+            jpeg_settings(entry, path)
+
+
+def mean_prior_of(bundle, files):
     """The mean label prior of ``prior.json``: a probability for each label."""
     path = Path(bundle) / PRIOR_FILE
     mean = key_of(strict_loads(listed(bundle, files, PRIOR_FILE), path), "mean", dict, path)
     if set(mean) != set(LABELS) or not all(type(v) in (int, float) and 0 <= v <= 1 for v in mean.values()):
         raise PipelineError(f"{path}: key 'mean' must give each of the {len(LABELS)} labels a probability")
     return mean
+
+
+def check_pair(bundle, pair, ccfg, rcfg):
+    """The head of ``pair`` was trained on its CNN's embeddings (same run, same fold)."""
+    if head_mismatch(ccfg, rcfg):
+        raise PipelineError(f"{Path(bundle) / pair['rnn']}.json: head of CNN run {rcfg['dataset']['cnn_run']} "
+                            f"fold {rcfg['dataset']['fold']} paired with {ccfg['run_name']} fold "
+                            f"{ccfg['dataset']['fold']}")
 
 
 def site_docs(bundle, files):
@@ -283,36 +329,44 @@ def open_bundle(bundle, device="cpu"):
     the mean label prior, each pair's sources (the sha256 of the bytes its weights came from),
     the site files {file name: {"doc": checked document, "sha256": of its bytes}})."""
     bundle = Path(bundle)
-    manifest, files, manifest_sha = read_bundle(bundle)
+    # The ONNX files are verified with the rest, but their bytes are not kept: torch runs the weights.
+    manifest, files, manifest_sha = read_bundle(bundle, keep=lambda name: not name.endswith(ONNX_SUFFIX))
     members, sources = [], []
     for pair in manifest["pairs"]:
         cnn, cnn_ckpt, cnn_sha = _load_model(bundle, files, pair["cnn"], "cnn", "cpu")
         rnn, rnn_ckpt, rnn_sha = _load_model(bundle, files, pair["rnn"], "rnn", device)
-        ccfg, rcfg = cnn_ckpt["config"], rnn_ckpt["config"]
-        if head_mismatch(ccfg, rcfg):
-            raise PipelineError(f"{bundle / pair['rnn']}.json: head of CNN run {rcfg['dataset']['cnn_run']} "
-                                f"fold {rcfg['dataset']['fold']} paired with {ccfg['run_name']} fold "
-                                f"{ccfg['dataset']['fold']}")
+        check_pair(bundle, pair, cnn_ckpt["config"], rnn_ckpt["config"])
         members.append((cnn, cnn_ckpt, rnn, bundle / f"{pair['cnn']}.json"))
         sources.append({"cnn": cnn_sha, "rnn": rnn_sha, "where": [str(bundle / f"{pair[k]}.json") for k in KINDS]})
-    prior = _prior(bundle, files)
+    prior = mean_prior_of(bundle, files)
     site = {name: {"doc": doc, "sha256": manifest["files"][name]} for name, doc in site_docs(bundle, files).items()}
     log.info("model bundle %s: %d pairs%s, manifest sha256 %s", bundle, len(members),
              "".join(f", {name}" for name in site), manifest_sha)
     return members, prior, sources, site
 
 
-def derive(src, out, site, overwrite=False):
+def derive(src, out, site, overwrite=False, add=False, int8=False):
     """A new bundle in ``out``: the bundle ``src`` (every file verified) with the site files
     ``site`` (``given``) added or replaced, its model card naming them, its manifest naming the
-    source's manifest sha256; -> the new manifest."""
+    source's manifest sha256; with ``add``, also its models as ONNX (``int8``: and each CNN's
+    int8 model) if it has none (a bundle made before ONNX export); -> the new manifest."""
     out = Path(out)
-    if not site:
-        raise PipelineError(f"{out}: nothing to add to {src} (give operating points or a calibration)")
-    refuse_full(out, overwrite)
     manifest, files, sha = read_bundle(src)
+    section = manifest.get("onnx")
+    if section and int8:
+        raise PipelineError(f"{Path(src) / MANIFEST}: has its ONNX models already; int8 ones are made with "
+                            "them (export from the run folders with --onnx-int8)")
+    add = add and not section
+    if not site and not add:
+        raise PipelineError(f"{out}: nothing to add to {src} (give operating points or a calibration"
+                            f"{'' if section else ', or --onnx'})")
+    refuse_full(out, overwrite)
     docs = site_docs(src, files)
     docs.update({name: doc for name, (_, doc) in site.items()})
     files.update({name: data for name, (data, _) in site.items()})
-    files[CARD] = with_site_section(files.get(CARD, b"").decode("utf-8", "replace"), docs).encode()
-    return write_bundle(out, files, manifest["pairs"], base=sha)
+    card = files.get(CARD, b"").decode("utf-8", "replace")
+    if add:
+        section = add_onnx(out, files, manifest["pairs"], int8)
+        card = with_onnx_section(card, section)
+    files[CARD] = with_site_section(card, docs).encode()
+    return write_bundle(out, files, manifest["pairs"], base=sha, onnx=section)

@@ -1,6 +1,7 @@
 """MODEL_CARD.md of a model bundle: what the models are, what they were trained on and under
 which terms, how well they did in cross-validation, with which software, and their limits;
-last, the site files it carries (operating points, calibration)."""
+then its ONNX models, if any (opset, versions, each one's check and exporter); last, the site files it
+carries (operating points, calibration)."""
 import platform
 from pathlib import Path
 
@@ -70,8 +71,9 @@ def _models_section(models, pairs):
             f"`{models[pairs[0]['rnn']]['postprocess']}`).")
 
 
-def model_card(models, pairs, prior, inference_cfg=None, site=None):
-    """The card's text; ``site``: {file name: checked document} of the site files."""
+def model_card(models, pairs, prior, inference_cfg=None, site=None, onnx=None):
+    """The card's text; ``site``: {file name: checked document} of the site files; ``onnx``:
+    the manifest's ONNX section."""
     versions = package_versions(PACKAGES)
     lines = [
         "# Model card: RSNA STR pulmonary embolism CNN + LSTM ensemble", "",
@@ -94,7 +96,32 @@ def model_card(models, pairs, prior, inference_cfg=None, site=None):
         lines += ["", f"Exported with tta_flip={inference_cfg.get('tta_flip')}, "
                       f"amp={inference_cfg.get('amp')} (set at load time, not stored in the weights)."]
     card = "\n".join(lines) + "\n"
+    card = with_onnx_section(card, onnx) if onnx else card
     return with_site_section(card, site) if site else card
+
+
+ONNX_HEADING = "## ONNX"
+
+
+def with_onnx_section(card, onnx):
+    """``card`` with the section on the ONNX models of ``onnx`` (the manifest's section) put
+    before the site section, if any, else last."""
+    versions = ", ".join(f"{k} {v}" for k, v in onnx["versions"].items())
+    lines = [ONNX_HEADING, "",
+             f"Each model also as ONNX (opset {onnx['opset']}), run by ONNX Runtime without torch "
+             f"(`runtime: onnx`, docs/operations.md); exported with {versions}. Each export was "
+             "checked against its torch model before it was written: the largest absolute difference "
+             f"of its outputs on random and CT-like inputs, at most {onnx['tolerance']}, and the exporter:", ""]
+    lines += [f"- `{m['file']}`: {m['max_abs_diff']:.2g}, {m['exporter']}" for m in onnx["models"].values()]
+    int8 = [m["int8"] for m in onnx["models"].values() if "int8" in m]
+    if int8:
+        lines += ["", f"Int8 CNNs (`onnx_int8: true`): {', '.join(int8[0]['ops'])} quantised by ONNX Runtime "
+                      f"({int8[0]['format']}, weights {int8[0]['weights']}, activations {int8[0]['activations']}), "
+                      f"calibrated on {int8[0]['calibration']}; less exact than the models above (largest "
+                      "differences to torch on that series below): check them on your own data first.", ""]
+        lines += [f"- `{m['file']}`: {m['max_abs_diff']:.2g}" for m in int8]
+    head, sep, site = card.partition("\n" + SITE_HEADING + "\n")
+    return head.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n" + (sep + site if sep else "")
 
 
 SITE_HEADING = "## Operating points and calibration"

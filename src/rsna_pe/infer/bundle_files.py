@@ -1,6 +1,6 @@
 """Reading a model bundle's files as data from a stranger: the manifest's structure, format and
-version checked, each file read once (no symbolic links, no names with folders in them) and its
-sha256 checked on the bytes that are then parsed. Light on purpose (no torch): the site files
+version checked, each file read once (no symbolic links, no names with folders in them, no
+ONNX or JSON file over its size cap) and its sha256 checked on the bytes that are then parsed. Light on purpose (no torch): the site files
 (rsna_pe.infer.site_files) are read from a bundle through it. Building models from a bundle:
 rsna_pe.infer.bundle."""
 import hashlib
@@ -30,6 +30,10 @@ def sha256_hex(data):
 
 
 KINDS = ("cnn", "rnn")
+ONNX_SUFFIX = ".onnx"
+# The most bytes a file of a suffix may hold, checked before it is read: more is damage or an
+# attack (rexnet_200 as ONNX is 55 MB, a model's JSON a few kB). Weights are not capped.
+MAX_BYTES = {ONNX_SUFFIX: 1 << 30, ".json": 64 << 20, ".md": 64 << 20}
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _JSON_TYPES = {dict: "a mapping", list: "a list", str: "a string", int: "an integer", float: "a number",
                bool: "a boolean", type(None): "null"}
@@ -65,8 +69,9 @@ def key_of(obj, key, types, where):
 
 
 def _read_plain(path):
-    """The bytes of ``path`` (None if absent), read once, if it is a regular file: a symbolic
-    link is refused, not followed, even one made after the folder was listed."""
+    """The bytes of ``path`` (None if absent), read once, if it is a regular file within its
+    suffix's size cap: a symbolic link is refused, not followed, even one made after the folder
+    was listed."""
     try:
         fd = os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0) | getattr(os, "O_NONBLOCK", 0))
     except FileNotFoundError:
@@ -75,17 +80,25 @@ def _read_plain(path):
         if Path(path).is_symlink():
             raise PipelineError(f"{path}: a symbolic link; a bundle holds plain files only") from None
         raise PipelineError(f"{path}: cannot read ({e.strerror})") from None
-    if not stat.S_ISREG(os.fstat(fd).st_mode):
+    st = os.fstat(fd)
+    if not stat.S_ISREG(st.st_mode):
         os.close(fd)
         raise PipelineError(f"{path}: not a regular file")
+    cap = MAX_BYTES.get(Path(path).suffix, -1)
     with os.fdopen(fd, "rb") as f:
-        return f.read()
+        # past the cap nothing is read; cap + 1 bytes at most, in case the file grows meanwhile
+        data = None if st.st_size > cap >= 0 else f.read(cap + 1 if cap >= 0 else -1)
+    if data is None or len(data) > cap >= 0:
+        raise PipelineError(f"{path}: larger than the {cap:,} bytes a bundle's {Path(path).suffix} file "
+                            "may hold; refusing to read it")
+    return data
 
 
-def read_bundle(bundle):
+def read_bundle(bundle, keep=None):
     """-> (manifest, {listed file name: its bytes}, sha256 of the manifest's bytes), after
     checking the manifest's structure, format and version and every listed file's sha256.
-    Each file is read once: what is hashed is what is parsed and loaded."""
+    Each file is read once: what is hashed is what is parsed and loaded. ``keep(name)``: whether
+    a file's bytes are kept after their check (default: all)."""
     bundle = Path(bundle)
     links = sorted(p.name for p in bundle.iterdir() if p.is_symlink()) if bundle.is_dir() else []
     if links:
@@ -95,7 +108,11 @@ def read_bundle(bundle):
     if raw is None:
         raise PipelineError(f"{path}: not found ({bundle} is not a model bundle)")
     manifest = _check_manifest(strict_loads(raw, path), path)
-    files = {name: _verified(bundle / name, digest) for name, digest in manifest["files"].items()}
+    files = {}
+    for name, digest in manifest["files"].items():
+        data = _verified(bundle / name, digest)
+        if keep is None or keep(name):
+            files[name] = data
     return manifest, files, sha256_hex(raw)
 
 

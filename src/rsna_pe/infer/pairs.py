@@ -3,7 +3,8 @@ JPEG settings a CNN was trained on (which inference reproduces) and the heads' l
 
 Stage 7, predict_study and export_models pick their pairs here; the check that a head belongs
 to its CNN (same CNN run, same fold) is this module's ``head_mismatch``, wherever a pair comes
-from (run folders or a model bundle).
+from (run folders or a model bundle). Nothing here needs torch at import: a bundle's ONNX models
+are paired and checked here too (rsna_pe.infer.onnx_runtime).
 """
 import json
 from pathlib import Path
@@ -14,12 +15,15 @@ from ..core.errors import ConfigError, PipelineError
 from ..core.paths import PRIOR_FILE
 from ..data.images import conversion_params
 from ..records.provenance import checkpoint_sha256
-from ..train.checkpoint import find_checkpoint
-from ..train.run_records import RETRAIN
+
+# rsna_pe.train.run_records.RETRAIN, spelled out here: that module imports the networks (torch).
+RETRAIN = "retrain it (train_rsna.py with overwrite=true)"
 
 
 def resolve_pairs(cfg):
     """[(cnn_ckpt, rnn_ckpt)] from ``checkpoints`` if given, else run names x folds."""
+    from ..train.checkpoint import find_checkpoint  # torch: run folders are the torch runtime's
+
     if cfg["checkpoints"]:
         pairs = [(Path(p["cnn"]), Path(p["rnn"])) for p in _pair_items(cfg, "checkpoints")]
         for path in (p for pair in pairs for p in pair):

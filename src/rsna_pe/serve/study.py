@@ -30,10 +30,16 @@ def one_line(e):
     return " ".join(message(e).split())
 
 
+# Why an ensemble run by ONNX Runtime has no maps (rsna_pe.infer.onnx_runtime): on the pages
+# and the report, and in prediction.json.
+NO_MAPS = "no activation maps: the models ran with ONNX Runtime (runtime onnx), Grad-CAM needs runtime torch"
+
+
 def activation_maps(ens, images, img, args, series_dir):
-    """{slice index: map (preview, preview)} for the slices chosen by the --cam options."""
+    """{slice index: map (preview, preview)} for the slices chosen by the --cam options (none
+    for an ensemble without torch models)."""
     picked = pick_slices(img, args.cam_top_k, args.cam_all)
-    if not len(picked):
+    if not len(picked) or not getattr(ens, "explains", True):
         return {}
     t = time.perf_counter()
     maps = ensemble_cam(ens, images, picked, args.preview_size, batch=args.cam_batch,
@@ -62,11 +68,15 @@ def predict_series(ens, series_dir, out, args, skipped=()):
               "acquisition": series_acquisition(infos), "calibration": ens.calibration_info}
     if skipped:  # only then: a study of one series (the Kaggle layout) gets the json as before
         result["skipped_series"] = [{"series": s.uid, "images": len(s.files), "reason": why} for s, why in skipped]
+    no_maps = "" if getattr(ens, "explains", True) else NO_MAPS
+    if no_maps:  # only then: the torch runtime's json stays as it was
+        result.update(runtime=ens.runtime, activation_maps=no_maps)
     atomic_write_json(out / "prediction.json", result, newline=False, indent=1)
     previews = previews[args.preview_size]
-    draw_report(out / "report.png", img, exam, previews, cams, title=f"study {study}")
+    draw_report(out / "report.png", img, exam, previews, cams, title=f"study {study}", no_maps=no_maps)
     note = (f"Grad-CAM on {len(cams)} slice(s)" + ("" if args.cam_all else f" (top {args.cam_top_k})"))
-    write_viewer(out / "viewer.html", viewer_data(study, series, infos, img, exam_d, previews, cams, note))
+    write_viewer(out / "viewer.html", viewer_data(study, series, infos, img, exam_d, previews, cams, note,
+                                                  no_maps=no_maps))
     if getattr(args, "dicom", None):  # main sets it; a caller of predict_series may not
         write_objects(args.dicom, infos, exam, img, previews, cams)
     return {"study": study, "slices": len(img), "max_prob": float(img.max()), "exam": exam_d,

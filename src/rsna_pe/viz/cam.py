@@ -5,10 +5,11 @@ chosen over the grad-cam package because it needs nothing beyond torch, numpy an
 already here, while grad-cam pulls ttach, scipy and Pillow. Each CNN's map is upsampled to the
 requested size and stretched to [0, 1] per slice; the ensemble's map is the mean of its CNNs'
 maps, stretched again. Slices run in batches, so a long study costs a few backward passes.
+An ensemble run by ONNX Runtime (``explains`` false) has no torch models to explain: it gets no
+maps, and torch is imported only where maps are made.
 """
 import cv2
 import numpy as np
-import torch
 
 
 def scale01(maps):
@@ -29,8 +30,9 @@ def grad_cam(net, layer, images, out_size=None, batch=16, device=None):
     """Grad-CAM of output 0 of ``net`` at ``layer`` for images (N, C, H, W) (numpy or tensor,
     any dtype the net takes) -> float32 (N, out, out) in [0, 1] (default: the input's size).
     ``net``: a module, or any function of the images with ``device`` given."""
-    # Lazy: captum (about 0.5 s to import) is needed only when maps are made, and stage 7
-    # imports this module on every run.
+    # Lazy: captum (about 0.5 s to import) and torch are needed only when maps are made, and
+    # stage 7 imports this module on every run, with ONNX Runtime without torch.
+    import torch
     from captum.attr import LayerAttribution, LayerGradCam
 
     device = device or next(net.parameters()).device
@@ -80,8 +82,12 @@ def placed(maps, region, out_size):
 def ensemble_cam(ens, images, indices, out_size, batch=16, regions=None):
     """The mean Grad-CAM of an ``Ensemble``'s CNNs for slices ``indices`` of ``images``
     ({model input spec: uint8 (S, 3, H, W)}, as ``ens.read`` gives) -> float32 (len(indices), out, out),
-    on the whole slice (``regions``: ``ens.crop_regions`` of the series, for lung-cropped CNNs)."""
+    on the whole slice (``regions``: ``ens.crop_regions`` of the series, for lung-cropped CNNs).
+    An ensemble without torch models (``ens.explains`` false, ONNX Runtime) gives no maps: an
+    empty array (0, out, out)."""
     indices = np.asarray(indices, dtype=np.int64)
+    if not getattr(ens, "explains", True):
+        return np.zeros((0, out_size, out_size), np.float32)
     total = np.zeros((len(indices), out_size, out_size), np.float32)
     if not len(indices):
         return total

@@ -1,5 +1,7 @@
 """report.png of one study: the probability along z, the exam labels, the most suspicious slice
 in its three windows, and the top slices with their activation maps."""
+import textwrap
+
 import numpy as np
 
 from ..core.io import atomic_path
@@ -32,9 +34,10 @@ def _overlay(ax, grey, cam, label):
     ax.axis("off")
 
 
-def draw_report(path, img_prob, exam_prob, previews, cams=None, title=""):
+def draw_report(path, img_prob, exam_prob, previews, cams=None, title="", no_maps=""):
     """``previews`` uint8 (S, 3, s, s) in WINDOWS order; ``cams`` {slice index: map (s, s)};
-    ``title`` is shown as plain text."""
+    ``title`` is shown as plain text; ``no_maps``: why there can be no activation maps, if so
+    (written where the map would be)."""
     # Lazy: matplotlib is heavy and only the report draws; the Agg backend must be chosen before
     # pyplot is imported (no display on a server).
     import matplotlib
@@ -56,6 +59,10 @@ def draw_report(path, img_prob, exam_prob, previews, cams=None, title=""):
         _overlay(axes[0, c], previews[k][c], None, f"slice {k} ({img_prob[k]:.2f}): {name} window")
     _overlay(axes[0, 3], previews[k][PE_CHANNEL], cams.get(k),
              f"slice {k}: activation map" if k in cams else f"slice {k}: no activation map")
+    if no_maps:
+        axes[0, 3].text(0.5, 0.5, textwrap.fill(no_maps, 34), transform=axes[0, 3].transAxes, ha="center",
+                        va="center", fontsize=8, color="white", parse_math=False,
+                        bbox={"facecolor": "black", "alpha": 0.6})
     top = np.argsort(-img_prob, kind="stable")[:TOP_SHOWN]
     for c, t in enumerate(top):
         _overlay(axes[1, c], previews[t][PE_CHANNEL], cams.get(int(t)),

@@ -57,9 +57,10 @@ def cam_overlay(cam, size=OVERLAY_SIZE):
     return np.dstack([bgr, np.rint(alpha * 255).astype(np.uint8)])
 
 
-def viewer_data(study, series, infos, img_prob, exam, previews, cams=None, cam_note=""):
+def viewer_data(study, series, infos, img_prob, exam, previews, cams=None, cam_note="", no_maps=""):
     """The page's data: ``infos`` (SliceInfo in z order), ``img_prob`` (S,), ``exam`` {label: p},
-    ``previews`` uint8 (S, 3, s, s), ``cams`` {slice index: map (s, s)}."""
+    ``previews`` uint8 (S, 3, s, s), ``cams`` {slice index: map (s, s)}; ``no_maps``: why the
+    page can have no activation maps (shown beside the map toggle), if that is so."""
     cams = cams or {}
     img_prob = np.asarray(img_prob, dtype=np.float64)
     slices = [{"sop": str(i.sop), "z": None if i.z is None else float(i.z), "p": float(p),
@@ -70,7 +71,8 @@ def viewer_data(study, series, infos, img_prob, exam, previews, cams=None, cam_n
     return {"study": str(study), "series": str(series), "preview": int(previews.shape[-1]),
             "windows": list(WINDOWS), "exam": {k: float(v) for k, v in exam.items()},
             "pe_present": bool(img_prob.max() > 0.5), "max_prob": float(img_prob.max()),
-            "start": int(np.argmax(img_prob)), "cam_note": cam_note, "slices": slices}
+            "start": int(np.argmax(img_prob)), "cam_note": cam_note, "slices": slices,
+            **({"no_maps": str(no_maps)} if no_maps else {})}
 
 
 _PLACEHOLDER = re.compile(r"__([A-Z]+)__")
@@ -106,7 +108,10 @@ def json_block(data, where):
 def render_viewer(data):
     """The viewer page for ``viewer_data(...)``."""
     title = html.escape(f"PE viewer: study {data['study']}")
-    return fill(TEMPLATE.read_text(), {"TITLE": title, "HEADING": title,
+    # Outside the script (whose hash the page's policy allows), and empty when maps can be made,
+    # so those pages are as they were.
+    no_maps = f' <span class="note">({html.escape(data["no_maps"])})</span>' if data.get("no_maps") else ""
+    return fill(TEMPLATE.read_text(), {"TITLE": title, "HEADING": title, "NOMAPS": no_maps,
                                        "DATA": json_block(data, f"viewer of study {data['study']}")})
 
 
