@@ -13,8 +13,8 @@ import signal
 import threading
 
 from rsna_pe.core import cli
-from rsna_pe.core.runtime import pick_device
-from rsna_pe.infer.ensemble import load_ensemble
+from rsna_pe.core.runtime import HOST, pick_device
+from rsna_pe.infer.ensemble import load_ensemble, uses_onnx
 from rsna_pe.serve.node import Node, Settings
 
 
@@ -22,7 +22,8 @@ def main(argv=None, stop=None):
     """``stop``: a threading.Event that ends the node (tests); else SIGTERM and SIGINT do."""
     cfg, _ = cli.parse(__doc__.splitlines()[0], default="dicom_node.yml", argv=argv)
     settings = Settings.from_config(cfg)  # checked before the models load
-    node = Node(cfg, load_ensemble(cfg, pick_device(cfg["device"])), settings)
+    # runtime: onnx predicts with ONNX Runtime on the CPU, without importing torch
+    node = Node(cfg, load_ensemble(cfg, HOST if uses_onnx(cfg) else pick_device(cfg["device"])), settings)
     if stop is None:
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

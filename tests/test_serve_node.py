@@ -5,7 +5,10 @@ predicting and started again sends each result once; SIGTERM stops it cleanly; b
 one line. The round trip through a real archive is tests/test_serve_orthanc.py."""
 import json
 import logging
+import subprocess
+import sys
 
+import numpy as np
 import pydicom
 import pytest
 from pynetdicom import AE
@@ -22,10 +25,14 @@ from support.dicom_node import (
     valid_uid_copy,
     wait_for,
 )
+from support.workspace import SUB_ENV
 
 import dicom_node
+import export_models
 import predict_study
+from rsna_pe.core.config import CONFIG_DIR
 from rsna_pe.core.errors import ConfigError
+from rsna_pe.core.labels import EXAM_LABELS
 from rsna_pe.serve.node import OUT_OF_RESOURCES, Settings
 from rsna_pe.serve.send import Destination, send_files
 
@@ -164,3 +171,50 @@ def test_settings_read_from_the_shipped_config():
     from rsna_pe.core.config import CONFIG_DIR, load_config
     s = Settings.from_config(load_config(CONFIG_DIR / "dicom_node.yml"))
     assert s.destination == Destination("ORTHANC", "127.0.0.1", 4242) and s.host == "127.0.0.1"
+
+
+NODE_ONNX = """
+import json, socket, sys, threading, time
+from pathlib import Path
+import dicom_node
+from rsna_pe.serve.send import Destination, send_files
+config, port, files, done = sys.argv[1], int(sys.argv[2]), sys.argv[3].split("|"), Path(sys.argv[4])
+stop = threading.Event()
+node = threading.Thread(target=dicom_node.main, args=(["-c", config],), kwargs={"stop": stop})
+node.start()
+for _ in range(600):  # until the node listens
+    with socket.socket() as s:
+        if s.connect_ex(("127.0.0.1", port)) == 0:
+            break
+    time.sleep(0.1)
+send_files([Path(f) for f in files], Destination("RSNA-PE", "127.0.0.1", port), "TESTSCU")
+end = time.monotonic() + 120
+while time.monotonic() < end and not list(done.glob("*.json")):
+    time.sleep(0.2)
+stop.set()
+node.join()
+print(json.dumps(sorted(m for m in ("torch", "timm", "captum") if m in sys.modules)))
+"""
+
+
+def test_node_with_onnx_runtime_imports_no_torch(studies, reference, tmp_path):
+    bundle = tmp_path / "bundle"
+    export_models.main(["-c", str(CONFIG_DIR / "demo" / "inference.yml"), "--from-bundle", str(LEGACY / "bundle"),
+                        "--onnx", "--out", str(bundle)])
+    archive, port = Collector(), free_port()
+    config = node_config(tmp_path, port, archive.destination, bundle=str(bundle), runtime="onnx", onnx_threads=1)
+    files = "|".join(str(f) for f in files_of(studies[0]))
+    try:
+        run = subprocess.run([sys.executable, "-c", NODE_ONNX, str(config), str(port), files,
+                              str(tmp_path / "work" / "done")], env=SUB_ENV, capture_output=True, text=True,
+                             timeout=300)
+    finally:
+        archive.close()
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert json.loads(run.stdout.strip().splitlines()[-1]) == []  # no torch, timm or captum
+    (sr,) = archive.of_modality("SR")
+    pred = reference[sr.StudyInstanceUID]
+    exam = {m.name.meaning: m.value for m in read_sr(_bytes(sr)).content.get_image_measurement_groups()[0]
+            .get_measurements()}
+    np.testing.assert_allclose([exam[k] for k in EXAM_LABELS], [pred["exam"][k] for k in EXAM_LABELS], atol=1e-4)
+    assert len(archive.of_modality("OT")) == 2  # key images without an overlay: maps need torch
