@@ -22,14 +22,14 @@ from support.dicom_node import (
     free_port,
     node_config,
     read_sr,
-    valid_uid_copy,
+    reference_predictions,
+    valid_studies,
     wait_for,
 )
 from support.workspace import SUB_ENV
 
 import dicom_node
 import export_models
-import predict_study
 from rsna_pe.core.config import CONFIG_DIR
 from rsna_pe.core.errors import ConfigError
 from rsna_pe.core.labels import EXAM_LABELS
@@ -39,20 +39,12 @@ from rsna_pe.serve.send import Destination, send_files
 
 @pytest.fixture(scope="module")
 def studies(tmp_path_factory):
-    tmp = tmp_path_factory.mktemp("node_studies")
-    with pytest.warns(UserWarning):  # reading the hex ids once, to replace them
-        valid_uid_copy(LEGACY / "studies", tmp / "studies")
-    return sorted(d for d in (tmp / "studies").iterdir())
+    return sorted(d for d in valid_studies(tmp_path_factory.mktemp("node_studies")).iterdir())
 
 
 @pytest.fixture(scope="module")
 def reference(studies, tmp_path_factory, one_thread):
-    """predict_study's prediction.json per StudyInstanceUID, with the node's own config."""
-    tmp = tmp_path_factory.mktemp("node_reference")
-    predict_study.main([str(studies[0].parent), "-c", str(node_config(tmp, 0)), "--out", str(tmp / "out"),
-                        "--cam-top-k", "0"])
-    preds = [json.loads(p.read_text()) for p in (tmp / "out").rglob("prediction.json")]
-    return {p["study"]: p for p in preds}
+    return reference_predictions(studies[0].parent, tmp_path_factory.mktemp("node_reference"))
 
 
 def files_of(study_dir):

@@ -3,11 +3,9 @@ modality. A study uploaded to Orthanc is sent to the node by Orthanc's REST call
 images arrive back in Orthanc and, read through its REST API, hold predict_study's values. A node
 killed while a study arrives, started again and sent the study again, leaves exactly one SR.
 Orthanc comes from Debian (`apt-get install orthanc`; .ci/run installs it)."""
-import json
 
 import pytest
 from support.dicom_node import (
-    LEGACY,
     NodeProcess,
     Orthanc,
     ThreadNode,
@@ -15,11 +13,10 @@ from support.dicom_node import (
     free_port,
     node_config,
     read_sr,
-    valid_uid_copy,
+    reference_predictions,
+    valid_studies,
     wait_for,
 )
-
-import predict_study
 
 
 @pytest.fixture(scope="module")
@@ -28,11 +25,9 @@ def setup(tmp_path_factory, one_thread):
     tmp = tmp_path_factory.mktemp("orthanc")
     port = free_port()
     archive = Orthanc(tmp, port)
-    with pytest.warns(UserWarning):  # reading the hex ids once, to replace them
-        studies = valid_uid_copy(LEGACY / "studies", tmp / "studies")
+    studies = valid_studies(tmp)
     ids = archive.upload(sorted(studies.rglob("*.dcm")))
-    predict_study.main([str(studies), "-c", str(node_config(tmp, 0)), "--out", str(tmp / "out"), "--cam-top-k", "0"])
-    preds = {p["study"]: p for p in (json.loads(f.read_text()) for f in (tmp / "out").rglob("prediction.json"))}
+    preds = reference_predictions(studies, tmp)
     yield archive, port, ids, preds
     archive.close()
 

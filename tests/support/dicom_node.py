@@ -22,6 +22,7 @@ from pynetdicom import AE, AllStoragePresentationContexts, evt
 from pynetdicom.sop_class import Verification
 
 import dicom_node
+import predict_study
 from rsna_pe.core.config import CONFIG_DIR
 from rsna_pe.core.labels import EXAM_LABELS
 from rsna_pe.core.paths import REPO_ROOT
@@ -43,6 +44,21 @@ def valid_uid_copy(src, dst):
         out.parent.mkdir(parents=True, exist_ok=True)
         ds.save_as(out)
     return dst
+
+
+def valid_studies(folder):
+    """The legacy studies with valid UIDs under ``folder/studies``; -> that folder."""
+    with pytest.warns(UserWarning):  # reading the hex ids once, to replace them
+        return valid_uid_copy(LEGACY / "studies", folder / "studies")
+
+
+def reference_predictions(studies, folder):
+    """predict_study's prediction.json per StudyInstanceUID for the studies under ``studies``,
+    with the node's own config (the values the node's SR must carry)."""
+    predict_study.main([str(studies), "-c", str(node_config(folder, 0)), "--out", str(folder / "out"),
+                        "--cam-top-k", "0"])
+    preds = (json.loads(p.read_text()) for p in (folder / "out").rglob("prediction.json"))
+    return {p["study"]: p for p in preds}
 
 
 def check_sr(sr, pred):
