@@ -60,18 +60,21 @@ def child(args):
     t0 = time.perf_counter()
     import inference
 
+    from rsna_pe.infer.ensemble import SeriesReader
+
     if args.child == "torch":
         from rsna_pe.infer.embed import Embedder as Embedding
     else:
         from rsna_pe.infer.onnx_runtime import OnnxEmbedder as Embedding
-    cnn, loop = {"s": 0.0, "n": 0}, {"s": 0.0, "n": 0}
+    cnn, loop, read = {"s": 0.0, "n": 0}, {"s": 0.0, "n": 0}, {"s": 0.0, "n": 0}
     _timed(Embedding, "embed", cnn)
     _timed(inference, "predict_all", loop)
+    _timed(SeriesReader, "read_with", read)
     inference.main(["-c", args.config, f"data_dir={args.data}", f"bundle={args.bundle}", f"runtime={args.child}",
                     f"onnx_threads={args.threads}", "num_workers=0", f"output_dir={args.out}", "overwrite=true",
                     *([f"batch_size={args.batch}"] if args.batch else [])])
     print(json.dumps({"runtime": args.child, "seconds": time.perf_counter() - t0, "loop_s": loop["s"],
-                      "cnn_s": cnn["s"], "cnn_slices": cnn["n"],
+                      "cnn_s": cnn["s"], "cnn_slices": cnn["n"], "read_s": read["s"],
                       "peak_rss_mb": peak_rss_mb(),
                       "torch_imported": "torch" in sys.modules}))
 
@@ -108,11 +111,12 @@ def run_once(runtime, label, bundle, data, out, args, config):
 INT8_OPS = {"all": None, "conv": ["Conv"]}  # operators to quantise (None: all ONNX Runtime can)
 
 
-def int8_bundle(src, dst, ops="all"):
+def int8_bundle(src, dst, ops="all", calibration=None):
     """A copy of the bundle ``src`` in ``dst`` with each CNN's ONNX model quantised to int8 as
     export_models.py --onnx-int8 does (rsna_pe.infer.onnx_export.int8_cnn: static, QDQ, int8
-    weights per channel, uint8 activations, calibrated on the CT-like series export checks
-    with), the operators of ``INT8_OPS[ops]``; the manifest's hashes updated."""
+    weights per channel, uint8 activations), the operators of ``INT8_OPS[ops]``, calibrated on
+    the CT-like series export checks with or on ``calibration(entry)`` (uint8 (N, 3, H, W));
+    the manifest's hashes updated."""
     from rsna_pe.infer.bundle_files import sha256_hex
     from rsna_pe.infer.onnx_export import ct_like_input, int8_cnn
 
@@ -122,11 +126,39 @@ def int8_bundle(src, dst, ops="all"):
     for name in {p["cnn"] for p in manifest["pairs"]}:
         entry = json.loads((dst / f"{name}.json").read_text())
         onnx_file = dst / manifest["onnx"]["models"][name]["file"]
-        onnx_file.write_bytes(int8_cnn(onnx_file.read_bytes(), ct_like_input(entry, dst / f"{name}.json"),
-                                       ops=INT8_OPS[ops]))
+        images = calibration(entry) if calibration else ct_like_input(entry, dst / f"{name}.json")
+        onnx_file.write_bytes(int8_cnn(onnx_file.read_bytes(), images, ops=INT8_OPS[ops]))
         manifest["files"][onnx_file.name] = sha256_hex(onnx_file.read_bytes())
     (dst / "manifest.json").write_text(json.dumps(manifest, indent=1))
     return dst
+
+
+def training_slices(data_dir, seed, series=16, per_series=4):
+    """``calibration`` for int8_bundle: ``per_series`` slices of each of ``series`` training
+    series drawn with ``seed`` from the stage-1 JPEG set a CNN was trained on (under
+    ``data_dir``), as the CNN sees them."""
+    import random
+
+    import numpy as np
+
+    from rsna_pe.core import paths
+    from rsna_pe.data.images import read_jpeg
+    from rsna_pe.data.model_input import input_kind, model_input
+    from rsna_pe.infer.pairs import jpeg_settings
+
+    def draw(entry):
+        jpeg_size, _, margin = jpeg_settings(entry, "calibration")
+        root = paths.jpeg_dir(data_dir, jpeg_size, crop="lung" if margin is not None else "none")
+        rng = random.Random(seed)
+        chosen = sorted(p for p in root.glob("*/*") if p.is_dir())
+        rng.shuffle(chosen)
+        out = []
+        for folder in chosen[:series]:
+            stack = np.stack([read_jpeg(f).transpose(2, 0, 1) for f in sorted(folder.glob("*.jpg"))])
+            stack = model_input(stack, input_kind(entry["config"]), int(entry["config"]["dataset"]["size"]))
+            out.append(stack[sorted(rng.sample(range(len(stack)), min(per_series, len(stack))))])
+        return np.concatenate(out)
+    return draw
 
 
 # ----------------------------------------------------------------------------- speed
@@ -157,10 +189,17 @@ def summary(runs, setup):
     out = {}
     for label in dict.fromkeys(r["label"] for r in runs):
         mine = [r for r in runs if r["label"] == label]
-        med = {k: statistics.median(r[k] for r in mine) for k in ("seconds", "loop_s", "cnn_s", "peak_rss_mb")}
+        med = {k: statistics.median(r.get(k, 0.0) for r in mine)
+               for k in ("seconds", "loop_s", "cnn_s", "read_s", "peak_rss_mb")}
         out[label] = {**med, "loop_slices_per_s": setup["slices"] / med["loop_s"],
                       "end_to_end_slices_per_s": setup["slices"] / med["seconds"],
                       "outside_cnn_share": 1 - med["cnn_s"] / med["loop_s"],
+                      # the loop's seconds by stage: reading (DICOM decode, windows, JPEG codec,
+                      # resize), the CNNs, the rest (heads, ensembling, rules); before and after
+                      # the loop: imports, model loading, writing
+                      "stages_s": {"read": med["read_s"], "cnn": med["cnn_s"],
+                                   "heads_and_rest": med["loop_s"] - med["read_s"] - med["cnn_s"],
+                                   "outside_loop": med["seconds"] - med["loop_s"]},
                       "torch_imported": any(r["torch_imported"] for r in mine)}
     for label, s in out.items():
         s["loop_speedup"] = s["loop_slices_per_s"] / out["torch"]["loop_slices_per_s"]
@@ -200,8 +239,108 @@ def speed_lines(result):
         lines.append(f"{label:<16} {m['loop_slices_per_s']:13.2f}  {m['loop_speedup']:7.2f}  {m['seconds']:9.1f}  "
                      f"{m['end_to_end_speedup']:7.2f}  {m['outside_cnn_share']:12.1%}  {m['peak_rss_mb']:11.0f}"
                      f"  {m['torch_imported']}")
+    lines.append("seconds by stage (medians): runtime, read (DICOM decode, windows, codec, resize), CNNs, "
+                 "heads and the rest of the loop, outside the loop (imports, loading models, writing)")
+    for label, m in result["summary"].items():
+        if "stages_s" in m:
+            lines.append(f"  {label:<16} " + "  ".join(f"{k} {v:6.2f}" for k, v in m["stages_s"].items()))
     lines.append(f"data {s['data_seconds']:.0f} s, export {s['export_seconds']:.0f} s, whole benchmark "
                  f"{result['seconds'] / 60:.1f} min; largest ONNX difference to torch at export {s['onnx_max_abs_diff']:.2g}")
+    return lines
+
+
+# ----------------------------------------------------------------------------- the CNN alone
+CNN_ALONE = ("torch-nchw", "torch", "torch-bf16", "onnx")  # then onnx-int8-<ops> per --int8
+
+
+def cnn_child(args):
+    """One CNN alone, as stage 7 runs it on a CPU: ``--iters`` batches of ``--batch`` random
+    uint8 slices after one warm-up batch; prints the median batch's slices/s."""
+    import numpy as np
+
+    x = np.random.default_rng(0).integers(0, 256, (args.batch, 3, args.size, args.size), dtype=np.uint8)
+    if args.cnn_child.startswith("onnx"):
+        from rsna_pe.infer.onnx_runtime import CNN_INPUTS, session_of
+
+        session = session_of(Path(args.model).read_bytes(), args.model, "cnn", args.threads)
+        run = lambda: session.run(None, {CNN_INPUTS[0]: x})[0]  # noqa: E731 - OnnxEmbedder's call
+    else:
+        import torch
+
+        from rsna_pe.infer.embed import Embedder
+        from rsna_pe.train.checkpoint import load_trained
+
+        torch.set_num_threads(args.threads)
+        model, _ = load_trained(args.model)
+        emb = Embedder(model, torch.device("cpu"), chunk=args.batch, amp=False,
+                       channels_last=args.cnn_child != "torch-nchw")
+        bf16 = args.cnn_child == "torch-bf16"
+        run = lambda: emb.run(x) if not bf16 else _bf16(emb, x)  # noqa: E731
+    run()
+    seconds = []
+    for _ in range(args.iters):
+        t = time.perf_counter()
+        run()
+        seconds.append(time.perf_counter() - t)
+    print(json.dumps({"label": args.cnn_child, "slices_per_s": args.batch / statistics.median(seconds),
+                      "seconds": seconds, "torch_imported": "torch" in sys.modules}))
+
+
+def _bf16(emb, x):
+    import torch
+
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        return emb.run(x)
+
+
+def cnn_alone(args):
+    """The CNN alone (no reading, no heads) through each runtime, fresh processes taking turns:
+    how much of the end-to-end ratio the CNN itself sets."""
+    from rsna_pe.core import paths
+
+    t0 = time.perf_counter()
+    work = Path(args.work) if args.work else Path(tempfile.mkdtemp(prefix="bench_cpu_cnn_"))
+    work.mkdir(parents=True, exist_ok=True)
+    setup, bundles = speed_setup(args, work)
+    ckpt = paths.run_dir(work / "output" / "train_cnn", "rexnet200_bce", 0) / "best.ckpt"
+    manifest = json.loads((work / "bundle" / "manifest.json").read_text())
+    cnn_file = manifest["onnx"]["models"][manifest["pairs"][0]["cnn"]]["file"]
+    models = {**{label: ckpt for label in CNN_ALONE if label.startswith("torch")}, "onnx": work / "bundle" / cnn_file,
+              **{label: bundles[label] / cnn_file for label in bundles if label.startswith("onnx-int8")}}
+    env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), PYTHONPATH=str(SRC))
+    runs, labels = [], list(models)
+    for r in range(args.repeats):
+        for label in (labels if r % 2 == 0 else labels[::-1]):
+            cmd = [sys.executable, __file__, "--cnn-child", label, "--model", str(models[label]), "--size",
+                   str(args.size), "--batch", str(args.batch or 8), "--threads", str(args.threads),
+                   "--iters", str(args.iters)]
+            run = subprocess.run(cmd, env=env, capture_output=True, text=True)
+            if run.returncode:
+                raise SystemExit(f"{label} run failed:\n{run.stderr[-3000:]}")
+            runs.append({**json.loads(run.stdout.strip().splitlines()[-1]), "repeat": r})
+            print(json.dumps(runs[-1]))
+    summary = {label: {"slices_per_s": statistics.median(r["slices_per_s"] for r in runs if r["label"] == label)}
+               for label in labels}
+    for m in summary.values():
+        m["x_torch"] = m["slices_per_s"] / summary["torch"]["slices_per_s"]
+        m["x_torch_nchw"] = m["slices_per_s"] / summary["torch-nchw"]["slices_per_s"]
+    result = {"setup": {**setup, "batch": args.batch or 8, "iters": args.iters}, "runs": runs, "summary": summary,
+              "machine": machine(), "seconds": time.perf_counter() - t0}
+    write(result, args.name, cnn_alone_lines(result))
+    if not args.work:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def cnn_alone_lines(result):
+    s = result["setup"]
+    lines = [f"the CNN alone: one random-weight rexnet_200 at {s['size']} px, batches of {s['batch']} random uint8 "
+             f"slices, {s['threads']} threads; per run the median of {s['iters']} batches after one warm-up, each "
+             f"run a fresh process, runtimes taking turns; medians of {len(result['runs']) // len(result['summary'])} runs",
+             f"machine: {result['machine']}",
+             "runtime            slices/s  x torch (channels_last)  x torch NCHW"]
+    for label, m in result["summary"].items():
+        lines.append(f"{label:<18} {m['slices_per_s']:8.2f}  {m['x_torch']:23.2f}  {m['x_torch_nchw']:11.2f}")
+    lines.append(f"whole benchmark {result['seconds'] / 60:.1f} min")
     return lines
 
 
@@ -224,6 +363,10 @@ def demo(args):
     args.cwd = str(ws)
     bundles = {"torch": Path(args.bundle), "onnx": Path(args.bundle),
                **{f"onnx-int8-{v}": int8_bundle(Path(args.bundle), ws / f"bundle_int8_{v}", v) for v in args.int8}}
+    for v in args.int8:  # the same quantisation calibrated on training slices of the demo, draw by draw
+        for d in range(args.calibration_draws):
+            bundles[f"onnx-int8-{v}-draw{d}"] = int8_bundle(Path(args.bundle), ws / f"bundle_int8_{v}_draw{d}", v,
+                                                            training_slices(Path(args.demo) / "data", d))
     runs, subs = {}, {}
     for label, b in bundles.items():
         out = ws / f"out_{label}"
@@ -242,9 +385,9 @@ def demo_lines(result):
     lines = [f"demo test set (src/evaluate.py --labels data/test_labels.csv SUBMISSION --prior data/train.csv), "
              f"stage 7 from {result['bundle']} (exported from {result['workspace']}), configs/demo/inference.yml",
              f"machine: {result['machine']}",
-             "runtime          score     change vs torch  largest |p - p_torch|  stage 7 s  torch imported"]
+             "runtime                score     change vs torch  largest |p - p_torch|  stage 7 s  torch imported"]
     for label, r in result["runs"].items():
-        lines.append(f"{label:<16} {r['score']:.6f}  {r['score_change_vs_torch']:+15.4%}  {r['max_abs_diff_to_torch']:20.3g}"
+        lines.append(f"{label:<22} {r['score']:.6f}  {r['score_change_vs_torch']:+15.4%}  {r['max_abs_diff_to_torch']:20.3g}"
                      f"  {r['seconds']:9.1f}  {r['torch_imported']}")
     return lines
 
@@ -281,20 +424,30 @@ def main():
     p.add_argument("--work", help="working folder (kept; default: a temporary one, removed)")
     p.add_argument("--demo", help="a trained demo workspace: score its test set through each runtime")
     p.add_argument("--bundle", help="--demo: the bundle exported from it (with its ONNX models)")
-    p.add_argument("--name", help="results file name (default cpu_inference, or cpu_inference_demo_parity)")
-    for hidden in ("--child", "--config", "--data", "--out", "--cwd"):
+    p.add_argument("--calibration-draws", type=int, default=0, metavar="K",
+                   help="--demo --int8: also each int8 variant calibrated on K draws of 64 training slices "
+                        "(16 series x 4) of the demo's JPEG set instead of the CT-like series")
+    p.add_argument("--cnn-alone", action="store_true",
+                   help="time the CNN alone (no reading, no heads) through each runtime instead of stage 7")
+    p.add_argument("--iters", type=int, default=5, help="--cnn-alone: timed batches per run")
+    p.add_argument("--name", help="results file name (default cpu_inference, cpu_inference_cnn_alone or "
+                                  "cpu_inference_demo_parity)")
+    for hidden in ("--child", "--cnn-child", "--model", "--config", "--data", "--out", "--cwd"):
         p.add_argument(hidden, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         return child(args)
+    if args.cnn_child:
+        return cnn_child(args)
     if set(args.int8) - set(INT8_OPS):
         p.error(f"--int8: choose from {', '.join(INT8_OPS)}")
-    args.name = args.name or ("cpu_inference_demo_parity" if args.demo else "cpu_inference")
+    args.name = args.name or ("cpu_inference_demo_parity" if args.demo else
+                              "cpu_inference_cnn_alone" if args.cnn_alone else "cpu_inference")
     if args.demo:
         if not (args.bundle and args.work):
             p.error("--demo needs --bundle and --work")
         return demo(args)
-    return speed(args)
+    return cnn_alone(args) if args.cnn_alone else speed(args)
 
 
 if __name__ == "__main__":
