@@ -333,9 +333,10 @@ def cnn_alone(args):
 
 def cnn_alone_lines(result):
     s = result["setup"]
+    repeats = len(result["runs"]) // len(result["summary"])
     lines = [f"the CNN alone: one random-weight rexnet_200 at {s['size']} px, batches of {s['batch']} random uint8 "
              f"slices, {s['threads']} threads; per run the median of {s['iters']} batches after one warm-up, each "
-             f"run a fresh process, runtimes taking turns; medians of {len(result['runs']) // len(result['summary'])} runs",
+             f"run a fresh process, runtimes taking turns; medians of {repeats} runs",
              f"machine: {result['machine']}",
              "runtime            slices/s  x torch (channels_last)  x torch NCHW"]
     for label, m in result["summary"].items():
