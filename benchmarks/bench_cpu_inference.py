@@ -15,7 +15,10 @@ Reported per run: the whole command's seconds, the prediction loop's slices/s, t
 inside the CNNs, peak RSS, whether torch was imported. ``--int8 all,conv`` adds bundles with
 each CNN quantised to int8 by ONNX Runtime (static, QDQ, int8 weights per channel, calibrated
 on a CT-like synthetic series, rsna_pe.infer.onnx_export.ct_like_input): every operator ONNX
-Runtime quantises (``all``), or the convolutions only (``conv``).
+Runtime quantises (``all``), or the convolutions only (``conv``); the pipeline offers neither
+(their effect on the demo's score: ``--demo ... --calibration-draws``).
+``--cnn-alone``: the CNN alone (no reading, no heads), torch NCHW, channels_last and bf16,
+ONNX Runtime fp32 and int8, each run a fresh process, as stage 7 calls it.
 
 Demo (``--demo WORKSPACE``): stage 7 of the demo's test set from ``--bundle`` with each
 runtime, run in ``--work`` (the workspace's data copied there; nothing is written into the
@@ -111,14 +114,41 @@ def run_once(runtime, label, bundle, data, out, args, config):
 INT8_OPS = {"all": None, "conv": ["Conv"]}  # operators to quantise (None: all ONNX Runtime can)
 
 
+def int8_cnn(data, images, ops=None):
+    """-> a CNN's ONNX model ``data`` with the operators ``ops`` (None: every one ONNX Runtime
+    can) quantised to int8 by ONNX Runtime (static, QDQ, int8 weights per channel, uint8
+    activations), calibrated on ``images`` uint8 (N, 3, H, W)."""
+    import contextlib
+    import io
+    import warnings
+
+    import numpy as np
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    from rsna_pe.infer.onnx_runtime import CNN_INPUTS
+
+    batches = iter([{CNN_INPUTS[0]: np.ascontiguousarray(images[i:i + 2])} for i in range(0, len(images), 2)])
+    reader = type("Calibration", (CalibrationDataReader,), {"get_next": lambda self: next(batches, None)})()
+    with tempfile.TemporaryDirectory() as tmp, warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        fp32, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
+        fp32.write_bytes(data)
+        quant_pre_process(str(fp32), str(pre))
+        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
+                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                        op_types_to_quantize=None if ops is None else list(ops))
+        return out.read_bytes()
+
+
 def int8_bundle(src, dst, ops="all", calibration=None):
-    """A copy of the bundle ``src`` in ``dst`` with each CNN's ONNX model quantised to int8 as
-    export_models.py --onnx-int8 does (rsna_pe.infer.onnx_export.int8_cnn: static, QDQ, int8
-    weights per channel, uint8 activations), the operators of ``INT8_OPS[ops]``, calibrated on
-    the CT-like series export checks with or on ``calibration(entry)`` (uint8 (N, 3, H, W));
-    the manifest's hashes updated."""
+    """A copy of the bundle ``src`` in ``dst`` with each CNN's ONNX model quantised to int8
+    (``int8_cnn``), the operators of ``INT8_OPS[ops]``, calibrated on the CT-like series the
+    export checks with (rsna_pe.infer.onnx_export.ct_like_input: 6 slices of a synthetic
+    positive study) or on ``calibration(entry)`` (uint8 (N, 3, H, W)); the manifest's hashes
+    updated. The pipeline itself writes no int8 models (docs/speed.md says why)."""
     from rsna_pe.infer.bundle_files import sha256_hex
-    from rsna_pe.infer.onnx_export import ct_like_input, int8_cnn
+    from rsna_pe.infer.onnx_export import ct_like_input
 
     shutil.rmtree(dst, ignore_errors=True)
     shutil.copytree(src, dst)
@@ -198,8 +228,9 @@ def summary(runs, setup):
                       # resize), the CNNs, the rest (heads, ensembling, rules); before and after
                       # the loop: imports, model loading, writing
                       "stages_s": {"read": med["read_s"], "cnn": med["cnn_s"],
-                                   "heads_and_rest": med["loop_s"] - med["read_s"] - med["cnn_s"],
-                                   "outside_loop": med["seconds"] - med["loop_s"]},
+                                   "heads_and_rest": statistics.median(r["loop_s"] - r.get("read_s", 0.0) - r["cnn_s"]
+                                                                       for r in mine),
+                                   "outside_loop": statistics.median(r["seconds"] - r["loop_s"] for r in mine)},
                       "torch_imported": any(r["torch_imported"] for r in mine)}
     for label, s in out.items():
         s["loop_speedup"] = s["loop_slices_per_s"] / out["torch"]["loop_slices_per_s"]

@@ -150,10 +150,10 @@ def refuse_full(out, overwrite):
         raise PipelineError(f"{out}: folder exists and is not empty (pass --overwrite to replace it)")
 
 
-def export(pairs, out, overwrite=False, inference_cfg=None, site=None, onnx=True, int8=False):
+def export(pairs, out, overwrite=False, inference_cfg=None, site=None, onnx=True):
     """Write the bundle of ``pairs`` [(cnn_ckpt, rnn_ckpt)] to the folder ``out``, with the site
     files ``site`` {file name: (bytes, checked document)} (rsna_pe.infer.site_files.given) and,
-    with ``onnx``, every model as ONNX (with ``int8``, each CNN's int8 model too); -> manifest."""
+    with ``onnx``, every model as ONNX; -> manifest."""
     out, site = Path(out), site or {}
     refuse_full(out, overwrite)
     files, models, names, pair_names = {}, {}, {}, []
@@ -169,22 +169,22 @@ def export(pairs, out, overwrite=False, inference_cfg=None, site=None, onnx=True
     files[PRIOR_FILE] = _json_bytes(prior, out / PRIOR_FILE)
     files.update({name: data for name, (data, _) in site.items()})
     docs = {name: doc for name, (_, doc) in site.items()}
-    section = add_onnx(out, files, pair_names, int8) if onnx or int8 else None
+    section = add_onnx(out, files, pair_names) if onnx else None
     files[CARD] = model_card(models, pair_names, prior, inference_cfg, docs, onnx=section).encode()
     return write_bundle(out, files, pair_names, onnx=section)
 
 
-def add_onnx(out, files, pairs, int8=False):
-    """Each model of ``pairs`` as ONNX (with ``int8``, each CNN's int8 model too), built from
-    ``files`` (the bundle's bytes, {name: bytes}) exactly as loading builds it and checked
-    against it: the .onnx files go into ``files``; -> the manifest's ``onnx`` section."""
+def add_onnx(out, files, pairs):
+    """Each model of ``pairs`` as ONNX, built from ``files`` (the bundle's bytes, {name: bytes})
+    exactly as loading builds it and checked against it: the .onnx files go into ``files``;
+    -> the manifest's ``onnx`` section."""
     from . import onnx_export  # torch and onnxscript: only an export needs them
 
     def load(name, kind):
         model, fields, _ = _load_model(out, files, name, kind, "cpu")
         return model, fields
 
-    onnx_files, section = onnx_export.export_pairs(out, pairs, load, int8)
+    onnx_files, section = onnx_export.export_pairs(out, pairs, load)
     files.update(onnx_files)
     return section
 
@@ -345,17 +345,14 @@ def open_bundle(bundle, device="cpu"):
     return members, prior, sources, site
 
 
-def derive(src, out, site, overwrite=False, add=False, int8=False):
+def derive(src, out, site, overwrite=False, add=False):
     """A new bundle in ``out``: the bundle ``src`` (every file verified) with the site files
     ``site`` (``given``) added or replaced, its model card naming them, its manifest naming the
-    source's manifest sha256; with ``add``, also its models as ONNX (``int8``: and each CNN's
-    int8 model) if it has none (a bundle made before ONNX export); -> the new manifest."""
+    source's manifest sha256; with ``add``, also its models as ONNX if it has none (a bundle
+    made before ONNX export); -> the new manifest."""
     out = Path(out)
     manifest, files, sha = read_bundle(src)
     section = manifest.get("onnx")
-    if section and int8:
-        raise PipelineError(f"{Path(src) / MANIFEST}: has its ONNX models already; int8 ones are made with "
-                            "them (export from the run folders with --onnx-int8)")
     add = add and not section
     if not site and not add:
         raise PipelineError(f"{out}: nothing to add to {src} (give operating points or a calibration"
@@ -366,7 +363,7 @@ def derive(src, out, site, overwrite=False, add=False, int8=False):
     files.update({name: data for name, (data, _) in site.items()})
     card = files.get(CARD, b"").decode("utf-8", "replace")
     if add:
-        section = add_onnx(out, files, manifest["pairs"], int8)
+        section = add_onnx(out, files, manifest["pairs"])
         card = with_onnx_section(card, section)
     files[CARD] = with_site_section(card, docs).encode()
     return write_bundle(out, files, manifest["pairs"], base=sha, onnx=section)

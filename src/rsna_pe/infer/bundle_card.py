@@ -113,13 +113,6 @@ def with_onnx_section(card, onnx):
              "checked against its torch model before it was written: the largest absolute difference "
              f"of its outputs on random and CT-like inputs, at most {onnx['tolerance']}, and the exporter:", ""]
     lines += [f"- `{m['file']}`: {m['max_abs_diff']:.2g}, {m['exporter']}" for m in onnx["models"].values()]
-    int8 = [m["int8"] for m in onnx["models"].values() if "int8" in m]
-    if int8:
-        lines += ["", f"Int8 CNNs (`onnx_int8: true`): {', '.join(int8[0]['ops'])} quantised by ONNX Runtime "
-                      f"({int8[0]['format']}, weights {int8[0]['weights']}, activations {int8[0]['activations']}), "
-                      f"calibrated on {int8[0]['calibration']}; less exact than the models above (largest "
-                      "differences to torch on that series below): check them on your own data first.", ""]
-        lines += [f"- `{m['file']}`: {m['max_abs_diff']:.2g}" for m in int8]
     head, sep, site = card.partition("\n" + SITE_HEADING + "\n")
     return head.rstrip("\n") + "\n\n" + "\n".join(lines) + "\n" + (sep + site if sep else "")
 

@@ -50,7 +50,7 @@ def submission_record(cfg, sources, ids_csv, calibration=None):
         "ids_sha256": provenance.file_sha256(ids_csv),
         "pairs": [{"cnn": s["cnn"], "rnn": s["rnn"]} for s in sources],
         # only when not torch: a submission of the torch runtime keeps the record it always had
-        **({"runtime": cfg["runtime"], "onnx_int8": bool(cfg.get("onnx_int8"))}
+        **({"runtime": cfg["runtime"]}
            if cfg.get("runtime", "torch") != "torch" else {}),
         # only for any tree: the Kaggle layout's record stays as it always was
         **({"input_layout": cfg["input_layout"], "series_selection": cfg["series_selection"]}

@@ -14,20 +14,17 @@ largest absolute difference to the torch model's outputs must stay within ``TOLE
   wrong outputs at other lengths), so recurrent heads go through the TorchScript exporter, each
   layer and direction of the recurrent stack as one ONNX LSTM (or GRU) node; the transformer
   head through the torch.export-based one (tracing fixes its attention's shapes).
-- With ``int8``, each CNN also as ``<name>.int8.onnx``: its convolutions quantised by ONNX
-  Runtime (``INT8``), calibrated on the CT-like series; its difference to torch is recorded, not
-  held to the tolerance (int8 cannot meet it). Quantising every operator ONNX Runtime can was
-  faster still, but moved the demo's test score by more than 1% (docs/speed.md).
+- No int8 models: ONNX Runtime's quantisation of the CNNs was faster, but moved the demo's test
+  score by more than 1% for most calibrations tried (docs/speed.md; benchmarks/bench_cpu_inference.py
+  measures it).
 """
 import contextlib
 import copy
 import io
 import logging
-import tempfile
 import types
 import warnings
 from importlib import metadata
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -48,10 +45,6 @@ TOLERANCE = 1e-4
 EXPORTERS = {"cnn": "torch.onnx.export(dynamo=True)", "rnn": "torch.onnx.export(dynamo=False), TorchScript"}
 MAX_SLICES = 4096  # the longest series a transformer head's ONNX model takes (the real data's is 1,083)
 SAMPLE_SLICES, SAMPLE_MATRIX = 6, 256  # the CT-like check series: enough for a sequence, quick to render
-INT8_SUFFIX = ".int8" + ONNX_SUFFIX
-# How --onnx-int8 quantises a CNN (ONNX Runtime's static quantisation).
-INT8 = {"ops": ["Conv"], "format": "QDQ", "weights": "int8, per channel", "activations": "uint8",
-        "calibration": f"a synthetic CT series of {SAMPLE_SLICES} slices (rsna_pe.synthetic)"}
 
 
 @contextlib.contextmanager
@@ -128,35 +121,6 @@ def cnn_onnx(cnn, images, where):
     return data, worst, feats
 
 
-def int8_cnn(data, images, ops=tuple(INT8["ops"])):
-    """-> a CNN's ONNX model ``data`` with the operators ``ops`` (None: every one ONNX Runtime
-    can) quantised to int8 by ONNX Runtime (static, QDQ, int8 weights per channel, uint8
-    activations), calibrated on ``images`` uint8 (N, 3, H, W)."""
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
-
-    batches = iter([{CNN_INPUTS[0]: np.ascontiguousarray(images[i:i + 2])} for i in range(0, len(images), 2)])
-    reader = type("Calibration", (CalibrationDataReader,), {"get_next": lambda self: next(batches, None)})()
-    with tempfile.TemporaryDirectory() as tmp, _quiet():
-        fp32, pre, out = (Path(tmp) / name for name in ("fp32.onnx", "pre.onnx", "int8.onnx"))
-        fp32.write_bytes(data)
-        quant_pre_process(str(fp32), str(pre))
-        quantize_static(str(pre), str(out), reader, quant_format=QuantFormat.QDQ, per_channel=True,
-                        activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                        op_types_to_quantize=None if ops is None else list(ops))
-        return out.read_bytes()
-
-
-def _int8_entry(name, data, images, feats, where):
-    """(the int8 file of a CNN, its manifest entry with its difference to torch)."""
-    int8 = int8_cnn(data, images)
-    got = session_of(int8, where, "cnn", threads=1).run(None, {CNN_INPUTS[0]: np.ascontiguousarray(images)})[0]
-    diff = float(np.abs(got.astype(np.float64) - feats.numpy()).max())
-    if not np.isfinite(diff):
-        raise PipelineError(f"{where}: its int8 model gives outputs that are not finite; not written")
-    return int8, {"file": name + INT8_SUFFIX, "max_abs_diff": diff, **INT8}
-
-
 def _traceable(head):
     """A copy of ``head`` whose recurrent layers run as plain one-layer modules (sharing its
     weights) that the TorchScript exporter turns into ONNX LSTM/GRU nodes; the head's own
@@ -215,10 +179,9 @@ def head_onnx(head, feats, where):
     return data, worst, EXPORTERS["rnn" if recurrent else "cnn"]
 
 
-def export_pairs(bundle, pairs, load, int8=False):
-    """The ONNX files {name: bytes} of ``pairs`` [{cnn, rnn}] (with ``int8``, each CNN's int8
-    model too) and the manifest's ``onnx`` section; ``load(name, kind)`` -> (torch model, its
-    checkpoint fields) as the bundle builds it."""
+def export_pairs(bundle, pairs, load):
+    """The ONNX files {name: bytes} of ``pairs`` [{cnn, rnn}] and the manifest's ``onnx``
+    section; ``load(name, kind)`` -> (torch model, its checkpoint fields) as the bundle builds it."""
     files, models, done = {}, {}, {}
     for pair in pairs:
         name = pair["cnn"]
@@ -231,9 +194,6 @@ def export_pairs(bundle, pairs, load, int8=False):
             files[name + ONNX_SUFFIX] = data
             models[name] = {"file": name + ONNX_SUFFIX, "max_abs_diff": worst, "exporter": EXPORTERS["cnn"],
                             "logits_in_embedding": bool(getattr(cnn, "logits_in_embedding", False))}
-            if int8:
-                files[name + INT8_SUFFIX], models[name]["int8"] = _int8_entry(
-                    name, data, images, feats, f"{bundle}/{name}{INT8_SUFFIX}")
             log.info("%s: exported, largest difference %.2g", where, worst)
         if pair["rnn"] not in models:
             head, _ = load(pair["rnn"], "rnn")

@@ -11,8 +11,6 @@ refused, and so is one whose inputs and outputs are not those rsna_pe.infer.onnx
 ``OnnxEnsemble`` is the Ensemble with ONNX Runtime sessions in place of the torch models: the
 same reading (the pixels of the CNN's JPEG codec), the same chunks of ``batch_size`` slices,
 the same post-processing and calibration. It makes no activation maps (Grad-CAM needs torch).
-With ``onnx_int8`` the CNNs are their int8 models (export_models.py --onnx-int8), the heads
-stay as they are.
 """
 import importlib.util
 import logging
@@ -63,12 +61,11 @@ def onnx_section(bundle, manifest):
         raise PipelineError(f"{path}: key 'onnx.models' is missing or not a mapping")
     for pair in manifest["pairs"]:
         for name in pair.values():
-            info = models.get(name)
-            for entry in (info, *([info["int8"]] if isinstance(info, dict) and "int8" in info else [])):
-                if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
-                        and entry["file"].endswith(ONNX_SUFFIX)):
-                    raise PipelineError(f"{path}: key 'onnx.models' gives {name!r:.80} no .onnx file")
-                plain_name(entry["file"], path, "onnx.models")
+            entry = models.get(name)
+            if not (isinstance(entry, dict) and isinstance(entry.get("file"), str)
+                    and entry["file"].endswith(ONNX_SUFFIX)):
+                raise PipelineError(f"{path}: key 'onnx.models' gives {name!r:.80} no .onnx file")
+            plain_name(entry["file"], path, "onnx.models")
     return section
 
 
@@ -133,18 +130,13 @@ def session_of(data, path, kind, threads):
     return session
 
 
-def _model(bundle, files, section, name, kind, threads, int8=False):
-    """One model's OnnxModel (a CNN's int8 model with ``int8``), its JSON and file checked."""
+def _model(bundle, files, section, name, kind, threads):
+    """One model's OnnxModel, its JSON and file checked."""
     entry, json_path = checked_entry(bundle, files, name, kind, built=False)
     check_input(entry, json_path, kind)
     if kind == "rnn" and entry["labels"] != {"image": [IMAGE_LABEL], "exam": list(EXAM_LABELS)}:
         raise PipelineError(f"{json_path}: output labels {entry['labels']!r:.200} are not in this code's order")
     info = section["models"][name]
-    if int8 and kind == "cnn":
-        if "int8" not in info:
-            raise PipelineError(f"{Path(bundle) / MANIFEST}: no int8 model of {name} (onnx_int8=true needs a "
-                                "bundle exported with --onnx-int8)")
-        info = {**info, **info["int8"]}
     path = Path(bundle) / info["file"]
     data = listed(bundle, files, info["file"])
     session = session_of(data, path, kind, threads)
@@ -159,7 +151,7 @@ def _width(model, io):
 
 def load_onnx_ensemble(cfg):
     """The ensemble of ``cfg['bundle']``'s ONNX models on ``onnx_threads`` threads (0: the cores
-    this process may use, rsna_pe.core.runtime.cpu_threads); with ``onnx_int8`` its int8 CNNs."""
+    this process may use, rsna_pe.core.runtime.cpu_threads)."""
     if not cfg.get("bundle"):
         raise ConfigError("runtime=onnx runs a model bundle's ONNX models: set bundle=DIR "
                           "(src/export_models.py writes one)")
@@ -173,8 +165,7 @@ def load_onnx_ensemble(cfg):
     threads = int(cfg.get("onnx_threads") or 0) or cpu_threads()
     members, sources = [], []
     for pair in manifest["pairs"]:
-        cnn, rnn = (_model(bundle, files, section, pair[k], k, threads, bool(cfg.get("onnx_int8")))
-                    for k in ("cnn", "rnn"))
+        cnn, rnn = (_model(bundle, files, section, pair[k], k, threads) for k in ("cnn", "rnn"))
         check_pair(bundle, pair, cnn.entry["config"], rnn.entry["config"])
         width, takes = _width(cnn, "out"), _width(rnn, "in")
         if width and takes and width != takes:
@@ -182,9 +173,8 @@ def load_onnx_ensemble(cfg):
         members.append((cnn, {"config": cnn.entry["config"], "record": cnn.entry.get("record")}, rnn, cnn.path))
         sources.append({"cnn": cnn.sha256, "rnn": rnn.sha256, "where": [str(cnn.path), str(rnn.path)]})
     site = {name: {"doc": doc, "sha256": manifest["files"][name]} for name, doc in site_docs(bundle, files).items()}
-    log.info("model bundle %s: %d pairs as ONNX (opset %s%s) on %d thread(s)%s, manifest sha256 %s", bundle,
-             len(members), section.get("opset"), ", int8 CNNs" if cfg.get("onnx_int8") else "", threads,
-             "".join(f", {n}" for n in site), manifest_sha)
+    log.info("model bundle %s: %d pairs as ONNX (opset %s) on %d thread(s)%s, manifest sha256 %s", bundle,
+             len(members), section.get("opset"), threads, "".join(f", {n}" for n in site), manifest_sha)
     return OnnxEnsemble.from_sessions(members, mean_prior_of(bundle, files), sources, chunk=cfg["batch_size"],
                                       tta_flip=cfg["tta_flip"], calibration=site.get(CALIBRATION_FILE))
 
