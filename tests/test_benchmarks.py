@@ -47,10 +47,13 @@ def test_scripts_have_help(script):
     assert r.returncode == 0 and "usage" in r.stdout
 
 
-def test_cpu_benchmark_times_the_cnn_alone_through_each_runtime(tmp_path, monkeypatch):
+def test_cpu_benchmark_times_the_cnn_alone_through_each_runtime(one_thread, tmp_path, monkeypatch):
     """benchmarks/bench_cpu_inference.py --cnn-alone at 32 px: every runtime ran in its own
     process, the ONNX ones without torch, and the table's ratios are to the channels_last path."""
     import bench_cpu_inference as bench
+
+    # the benchmark sets torch's threads for its export; later in-process tests must keep one
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)
 
     monkeypatch.setattr(bench, "RESULTS", tmp_path / "results")
     monkeypatch.setattr(sys, "argv", ["bench_cpu_inference.py", "--cnn-alone", "--size", "32", "--studies", "1",
