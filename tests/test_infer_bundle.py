@@ -14,19 +14,12 @@ import predict_study
 from rsna_pe.core.errors import PipelineError
 from rsna_pe.core.labels import EXAM_LABELS, LABELS
 from rsna_pe.infer import bundle
-from support.workspace import DEMO, ONE_PAIR
+from support.workspace import DEMO, ONE_PAIR, export_bundle
 
 
 @pytest.fixture(scope="module")
 def exported(trained_ws, module_dir):
-    out = module_dir / "models"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(trained_ws)
-    try:
-        export_models.main(["-c", str(DEMO / "inference.yml"), "--out", str(out), *ONE_PAIR])
-    finally:
-        mp.undo()
-    return out
+    return export_bundle(trained_ws, module_dir / "models", ONE_PAIR)
 
 
 def test_bundle_layout_manifest_and_card(exported):

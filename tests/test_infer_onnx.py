@@ -18,7 +18,7 @@ from rsna_pe.core.config import CONFIG_DIR, load_config
 from rsna_pe.core.errors import ConfigError, PipelineError
 from rsna_pe.infer import bundle_files, onnx_export
 from rsna_pe.infer.ensemble import load_ensemble
-from support.workspace import DEMO, SUB_ENV
+from support.workspace import DEMO, SUB_ENV, export_bundle
 
 LEGACY = CONFIG_DIR.parent / "tests" / "fixtures" / "legacy"
 EXPECTED = json.loads((LEGACY / "expected.json").read_text())
@@ -28,14 +28,7 @@ TOL = 1e-4
 
 @pytest.fixture(scope="module")
 def onnx_bundle(trained_ws, module_dir):
-    out = module_dir / "models"
-    mp = pytest.MonkeyPatch()
-    mp.chdir(trained_ws)
-    try:
-        export_models.main(["-c", str(DEMO / "inference.yml"), "--out", str(out), *PAIRS])
-    finally:
-        mp.undo()
-    return out
+    return export_bundle(trained_ws, module_dir / "models", PAIRS)
 
 
 def _labels(path):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 
 import dump_embeddings
+import export_models
 import inference
 import make_csv
 import make_image
@@ -55,6 +56,18 @@ def infer(*extra):
     """Stage 7 with the bce pair of fold 0."""
     return inference.main(["-c", str(DEMO / "inference.yml"), "models=[{cnn: rexnet200_bce, rnn: rexnet200_bce}]",
                            "folds=[0]", "num_workers=0", *extra])
+
+
+def export_bundle(ws, out, pairs):
+    """export_models.py from the trained workspace ``ws`` (run folders are found from there) of
+    the pairs ``pairs`` (overrides) into ``out``; -> ``out``."""
+    cwd = os.getcwd()
+    os.chdir(ws)
+    try:
+        export_models.main(["-c", str(DEMO / "inference.yml"), "--out", str(out), *pairs])
+    finally:
+        os.chdir(cwd)
+    return out
 
 
 def snapshot(root):
