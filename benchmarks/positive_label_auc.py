@@ -1,0 +1,200 @@
+"""Why a chronicity label ranks positive exams as it does, on a compare_options sweep.
+
+    python benchmarks/positive_label_auc.py WORKSPACE --head combined_pool [--seeds 0 1 2]
+        [--labels chronic_pe acute_and_chronic_pe] [--boot 2000] [--json OUT]
+
+For each seed, the cross-validation ensemble of the head's three oof.csv (averaged and
+post-processed as evaluate.py does) among the PE-positive exams: the AUC of each label's output
+(the options table's number) with a 95% bootstrap interval (exams resampled, fixed seed); the
+same output's AUC of the label's exams against each other age class alone (acute only, chronic
+only, acute and chronic: which exams it confuses them with); and the median of the head's
+P(positive) = (1 - P(negative)) (1 - P(indeterminate)) on the label's exams and the others (a
+chronicity output is P(positive) x P(label | positive): missed clots would rank exams low
+whatever their age).
+
+With ``--cnn combined`` it also reads that CNN's dumps (the validation series of each fold,
+whose logits the CNN did not train on) and the phantom's own record of each clot's age
+(``synthetic.plan`` with the sweep's data parameters, from data/synthetic.json): how well a
+slice's chronic output (P(chronic_pe) + P(acute_and_chronic_pe) of the CNN's logits: both are
+1 on a chronic clot's slice in some exam) tells chronic-clot slices from acute-clot ones, and
+whether a pooling that asks for both kinds in one series (the spread, max - min of that output
+over the series' slices the CNN calls PE) separates acute-and-chronic exams from chronic-only
+ones, which the head's pooled max and means do not ask.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from sklearn.metrics import roc_auc_score
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "src"))
+import evaluate  # noqa: E402  (the stage's own label and submission readers)
+from rsna_pe import metric  # noqa: E402
+from rsna_pe.core.labels import EXAM_LABELS  # noqa: E402
+from rsna_pe.data.folds import val_fold_ids  # noqa: E402
+from rsna_pe.synthetic.plan import plan  # noqa: E402
+
+FOLD_CSV = "data/fold/ver1/train-jpegs-64/train.csv"  # the demo configs' fold table (make_csv.yml)
+K_FOLD = 3  # the demo configs' dataset.k_fold
+PLAN_KEYS = ("n_train", "n_test", "slices", "matrix", "seed", "compressed_fraction",
+             "odd_matrix_fraction", "odd_rescale_fraction", "positive_fraction", "hex_ids",
+             "slice_spacing")
+
+
+def cv_predictions(seed_dir, head):
+    """(truth, predictions) of the exams covered by the head's three oof.csv, as (N, 9) arrays."""
+    labels = evaluate.read_labels(seed_dir / FOLD_CSV)
+    oofs = sorted((seed_dir / "output" / "train_rnn" / f"rexnet200_{head}").glob("fold_*/oof.csv"))
+    if len(oofs) != 3:
+        raise SystemExit(f"{seed_dir}: {len(oofs)} oof.csv for head {head}, expected 3")
+    avg = evaluate.average_submissions([evaluate.read_submission(p) for p in oofs])
+    part = metric.subset_labels(labels, metric.covered_studies(avg, labels, str(oofs[0])))
+    exam_pred, img_pred = metric.from_submission(avg, part.study_ids, part.sops, str(oofs[0]))
+    return np.asarray(part.exam_true, float), metric.postprocess(exam_pred, img_pred)
+
+
+def boot_interval(y, p, n, rng):
+    aucs = []
+    for _ in range(n):
+        i = rng.integers(0, len(y), len(y))
+        if 0 < y[i].sum() < len(i):
+            aucs.append(roc_auc_score(y[i], p[i]))
+    return [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
+
+
+def age_classes(truth):
+    """Each exam's age class among acute only, chronic only, acute and chronic."""
+    chronic = truth[:, EXAM_LABELS.index("chronic_pe")] == 1
+    both = truth[:, EXAM_LABELS.index("acute_and_chronic_pe")] == 1
+    return np.where(both, "acute_and_chronic", np.where(chronic, "chronic_only", "acute_only"))
+
+
+def analyse(truth, pred, label, n_boot, rng):
+    neg, ind = EXAM_LABELS.index("negative_exam_for_pe"), EXAM_LABELS.index("indeterminate")
+    pos = (truth[:, neg] == 0) & (truth[:, ind] == 0)
+    k = EXAM_LABELS.index(label)
+    y, p = truth[pos, k], pred[pos, k]
+    p_pos = (1 - pred[pos, neg]) * (1 - pred[pos, ind])
+    cls = age_classes(truth[pos])
+    against = {}
+    for c in sorted(set(cls[y == 0])):
+        keep = (y == 1) | (cls == c)
+        against[c] = float(roc_auc_score(y[keep], p[keep]))
+    return dict(n_positive=int(pos.sum()), n_label=int(y.sum()),
+                auc=float(roc_auc_score(y, p)), auc_95=boot_interval(y, p, n_boot, rng),
+                auc_against=against,
+                p_positive_median_label=float(np.median(p_pos[y == 1])),
+                p_positive_median_others=float(np.median(p_pos[y == 0])))
+
+
+def slice_ages(data_dir):
+    """{sop uid: set of clot kinds drawn on it} and {study uid: exam age class} of the training
+    studies, from the phantom's plan."""
+    params = json.loads((data_dir / "synthetic.json").read_text())
+    specs = plan(**{k: params[k] for k in PLAN_KEYS if k in params})
+    ages, exams = {}, {}
+    for spec in specs:
+        if spec.split != "train":
+            continue
+        kinds = [set() for _ in range(spec.n_slices)]
+        for e in spec.emboli:
+            for k in range(e.k0, e.k1 + 1):
+                kinds[k].add(e.kind)
+        ages.update({spec.sop_uid(k): kinds[k] for k in range(spec.n_slices)})
+        lab = spec.labels
+        exams[spec.study_uid] = ("acute_and_chronic" if lab["acute_and_chronic_pe"] else
+                                 "chronic_only" if lab["chronic_pe"] else
+                                 "acute_only" if not lab["negative_exam_for_pe"] else "negative")
+    return ages, exams
+
+
+def cnn_slices(seed_dir, cnn, ages, exams):
+    """Per validation slice of a positive exam: the CNN's PE probability, its chronic output and
+    the clot kinds on it; grouped by study."""
+    folds = pd.read_csv(seed_dir / FOLD_CSV, usecols=["StudyInstanceUID", "fold"])
+    fold_of = folds.drop_duplicates("StudyInstanceUID").set_index("StudyInstanceUID")["fold"]
+    studies = {}
+    for fold_dir in sorted((seed_dir / "dump" / "v1" / f"rexnet200_{cnn}").glob("fold_*")):
+        valid = set(val_fold_ids(int(fold_dir.name.split("_")[1]), K_FOLD))
+        names = json.loads((fold_dir / "record.json").read_text())["params"]["logits"]
+        i_pe, i_chr, i_ac = (names.index(x) - len(names)
+                             for x in ("pe_present_on_image", "chronic_pe", "acute_and_chronic_pe"))
+        for npz in fold_dir.glob("*/*.npz"):
+            study = npz.parent.name
+            if fold_of.get(study) not in valid or exams.get(study, "negative") == "negative":
+                continue
+            z = np.load(npz, allow_pickle=False)
+            sig = 1 / (1 + np.exp(-z["embeddings"][:, -len(names):].astype(np.float64)))
+            studies[study] = (sig[:, i_pe], sig[:, i_chr] + sig[:, i_ac],
+                              [ages.get(str(u), set()) for u in z["sop"]])
+    return studies
+
+
+def slice_report(studies, exams):
+    chronic_out, is_chronic = [], []
+    spread, cls = [], []
+    for study, (pe, chron, kinds) in studies.items():
+        for c, kd in zip(chron, kinds):
+            if len(kd) == 1:  # a slice showing clots of one age
+                chronic_out.append(c)
+                is_chronic.append("chronic" in kd)
+        called = pe > 0.5
+        spread.append(float(np.ptp(chron[called])) if called.any() else 0.0)
+        cls.append(exams[study])
+    y, cls, spread = np.array(is_chronic), np.array(cls), np.array(spread)
+    both = np.isin(cls, ["acute_and_chronic", "chronic_only"])
+    return dict(n_slices_acute=int((~y).sum()), n_slices_chronic=int(y.sum()),
+                slice_auc_chronic_vs_acute=float(roc_auc_score(y, chronic_out)),
+                spread_auc_mixed_vs_chronic_only=float(roc_auc_score(
+                    cls[both] == "acute_and_chronic", spread[both])))
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("workspace", type=Path)
+    ap.add_argument("--head", default="combined_pool")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--labels", nargs="+", default=["chronic_pe", "acute_and_chronic_pe"],
+                    choices=EXAM_LABELS)
+    ap.add_argument("--boot", type=int, default=2000)
+    ap.add_argument("--cnn", help="also read this CNN variant's dumps (e.g. combined)")
+    ap.add_argument("--json", type=Path)
+    a = ap.parse_args(argv)
+    rng = np.random.default_rng(0)
+    out = {}
+    print(f"head {a.head}, cross-validation, among PE-positive exams")
+    print(f"{'label':22} seed  n_pos n_lab   AUC  95% interval  P(pos) median: label / others"
+          "  AUC against one class alone")
+    for label in a.labels:
+        for s in a.seeds:
+            r = analyse(*cv_predictions(a.workspace / f"seed_{s}", a.head), label, a.boot, rng)
+            out.setdefault(label, {})[s] = r
+            print(f"{label:22} {s:4d} {r['n_positive']:6d} {r['n_label']:5d} {r['auc']:5.2f}"
+                  f"  {r['auc_95'][0]:.2f}-{r['auc_95'][1]:.2f}"
+                  f"  {r['p_positive_median_label']:.3f} / {r['p_positive_median_others']:.3f}  "
+                  + ", ".join(f"{c} {v:.2f}" for c, v in r["auc_against"].items()))
+        vals = [out[label][s] for s in a.seeds]
+        against = {c: np.mean([v["auc_against"][c] for v in vals]) for c in vals[0]["auc_against"]}
+        print(f"{label:22} mean over seeds: AUC {np.mean([v['auc'] for v in vals]):.3f}; against "
+              + ", ".join(f"{c} {v:.3f}" for c, v in against.items()))
+    if a.cnn:
+        ages, exams = slice_ages(a.workspace / "data")
+        print(f"\nCNN {a.cnn}, validation slices of positive exams (phantom's record of clot ages)")
+        for s in a.seeds:
+            r = slice_report(cnn_slices(a.workspace / f"seed_{s}", a.cnn, ages, exams), exams)
+            out.setdefault("cnn_" + a.cnn, {})[s] = r
+            print(f"seed {s}: chronic output, chronic-clot slices ({r['n_slices_chronic']}) against"
+                  f" acute-clot slices ({r['n_slices_acute']}): AUC {r['slice_auc_chronic_vs_acute']:.2f};"
+                  f" spread over a series' PE slices, acute-and-chronic against chronic-only exams:"
+                  f" AUC {r['spread_auc_mixed_vs_chronic_only']:.2f}")
+    if a.json:
+        a.json.write_text(json.dumps(out, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
