@@ -17,9 +17,9 @@ whose logits the CNN did not train on) and the phantom's own record of each clot
 (``synthetic.plan`` with the sweep's data parameters, from data/synthetic.json): how well a
 slice's chronic output (P(chronic_pe) + P(acute_and_chronic_pe) of the CNN's logits: both are
 1 on a chronic clot's slice in some exam) tells chronic-clot slices from acute-clot ones, and
-whether a pooling that asks for both kinds in one series (the spread, max - min of that output
-over the series' slices the CNN calls PE) separates acute-and-chronic exams from chronic-only
-ones, which the head's pooled max and means do not ask.
+whether a pooling that asks for both kinds in one series separates acute-and-chronic exams from
+chronic-only ones: that output's minimum over the slices the CNN calls PE (an acute clot's low
+value beside a chronic clot's high ones), against its maximum, a pooling the head has.
 """
 import argparse
 import json
@@ -106,9 +106,9 @@ def slice_ages(data_dir):
                 kinds[k].add(e.kind)
         ages.update({spec.sop_uid(k): kinds[k] for k in range(spec.n_slices)})
         lab = spec.labels
-        exams[spec.study_uid] = ("acute_and_chronic" if lab["acute_and_chronic_pe"] else
-                                 "chronic_only" if lab["chronic_pe"] else
-                                 "acute_only" if not lab["negative_exam_for_pe"] else "negative")
+        exams[spec.study_uid] = ("not_positive" if lab["negative_exam_for_pe"] or lab["indeterminate"]
+                                 else "acute_and_chronic" if lab["acute_and_chronic_pe"]
+                                 else "chronic_only" if lab["chronic_pe"] else "acute_only")
     return ages, exams
 
 
@@ -125,7 +125,7 @@ def cnn_slices(seed_dir, cnn, ages, exams):
                              for x in ("pe_present_on_image", "chronic_pe", "acute_and_chronic_pe"))
         for npz in fold_dir.glob("*/*.npz"):
             study = npz.parent.name
-            if fold_of.get(study) not in valid or exams.get(study, "negative") == "negative":
+            if fold_of.get(study) not in valid or exams.get(study, "not_positive") == "not_positive":
                 continue
             z = np.load(npz, allow_pickle=False)
             sig = 1 / (1 + np.exp(-z["embeddings"][:, -len(names):].astype(np.float64)))
@@ -136,21 +136,23 @@ def cnn_slices(seed_dir, cnn, ages, exams):
 
 def slice_report(studies, exams):
     chronic_out, is_chronic = [], []
-    spread, cls = [], []
+    low, high, cls = [], [], []
     for study, (pe, chron, kinds) in studies.items():
         for c, kd in zip(chron, kinds):
             if len(kd) == 1:  # a slice showing clots of one age
                 chronic_out.append(c)
                 is_chronic.append("chronic" in kd)
-        called = pe > 0.5
-        spread.append(float(np.ptp(chron[called])) if called.any() else 0.0)
+        called = chron[pe > 0.5]
+        low.append(float(called.min()) if len(called) else 1.0)
+        high.append(float(called.max()) if len(called) else 0.0)
         cls.append(exams[study])
-    y, cls, spread = np.array(is_chronic), np.array(cls), np.array(spread)
+    y, cls, low, high = np.array(is_chronic), np.array(cls), np.array(low), np.array(high)
     both = np.isin(cls, ["acute_and_chronic", "chronic_only"])
+    mixed = cls[both] == "acute_and_chronic"
     return dict(n_slices_acute=int((~y).sum()), n_slices_chronic=int(y.sum()),
                 slice_auc_chronic_vs_acute=float(roc_auc_score(y, chronic_out)),
-                spread_auc_mixed_vs_chronic_only=float(roc_auc_score(
-                    cls[both] == "acute_and_chronic", spread[both])))
+                min_auc_mixed_vs_chronic_only=float(roc_auc_score(mixed, -low[both])),
+                max_auc_mixed_vs_chronic_only=float(roc_auc_score(mixed, high[both])))
 
 
 def main(argv=None):
@@ -189,8 +191,9 @@ def main(argv=None):
             out.setdefault("cnn_" + a.cnn, {})[s] = r
             print(f"seed {s}: chronic output, chronic-clot slices ({r['n_slices_chronic']}) against"
                   f" acute-clot slices ({r['n_slices_acute']}): AUC {r['slice_auc_chronic_vs_acute']:.2f};"
-                  f" spread over a series' PE slices, acute-and-chronic against chronic-only exams:"
-                  f" AUC {r['spread_auc_mixed_vs_chronic_only']:.2f}")
+                  f" acute-and-chronic against chronic-only exams by that output's minimum over the"
+                  f" slices the CNN calls PE (lower first): AUC {r['min_auc_mixed_vs_chronic_only']:.2f},"
+                  f" by its maximum: {r['max_auc_mixed_vs_chronic_only']:.2f}")
     if a.json:
         a.json.write_text(json.dumps(out, indent=2) + "\n")
     return 0

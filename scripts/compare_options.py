@@ -49,8 +49,6 @@ OPTIONS = {
                  "neighbours + lung crop + exam labels, metric-weighted head"),
     "combined_pool": (["combined"], [("combined_pool", "combined")],
                       "combined, its head adds the CNN's logits pooled over the series"),
-    "combined_poolmin": (["combined"], [("combined_poolmin", "combined")],
-                         "combined_pool, the pooling adds the minimum over the CNN's PE slices"),
     "neighbours": (["neighbours"], [("neighbours", "neighbours")],
                    "CNN input: PE window of slices z-1, z, z+1"),
     "lungcrop": (["lungcrop"], [("lungcrop", "lungcrop")], "stage 1: crop to the lungs"),

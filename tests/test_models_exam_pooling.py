@@ -35,41 +35,11 @@ def test_logit_pool_is_max_mean_and_pe_weighted_mean_over_real_slices():
         np.testing.assert_allclose(out[i], want, rtol=0, atol=1e-12)
 
 
-def test_the_min_pool_takes_the_minimum_over_the_slices_the_cnn_calls_pe():
-    pool = LogitPool(3, pe_min=True).double()
-    with torch.no_grad():  # the 12 pooled features: max, mean, PE-weighted mean, PE-slice min
-        pool.linear.weight.zero_()
-        pool.linear.weight[:, 9:].copy_(torch.eye(3, dtype=torch.float64).repeat(3, 1))
-    emb = torch.zeros(3, 4, DIM, dtype=torch.float64)
-    # series 0: slices 0 and 2 called PE (image logit > 0); slice 3 has the lowest logits but is
-    # not called. Series 1: nothing called: its PE-weighted mean. Series 2: slice 3 is padding.
-    emb[0, :, -3:] = torch.tensor([[2.0, 5.0, 1.0], [-1.0, -7.0, -7.0], [3.0, -2.0, 4.0],
-                                   [-4.0, -9.0, -9.0]], dtype=torch.float64)
-    emb[1, :, -3:] = torch.tensor([[-1.0, 1.0, 2.0], [-2.0, 3.0, 0.0], [-3.0, 0.0, 0.0],
-                                   [-1.0, 0.0, 0.0]], dtype=torch.float64)
-    emb[2, :, -3:] = torch.tensor([[1.0, 2.0, 2.0], [1.0, 3.0, 1.0], [-1.0, 0.0, 0.0],
-                                   [9.0, -9.0, -9.0]], dtype=torch.float64)
-    mask = torch.tensor([[True] * 4, [True] * 4, [True, True, True, False]])
-    out = pool(emb, mask).detach().numpy()[:, :3]
-    np.testing.assert_allclose(out[0], [2.0, -2.0, 1.0], atol=1e-12)
-    z = emb[1, :, -3:].numpy()
-    p = 1 / (1 + np.exp(-z[:, 0]))
-    np.testing.assert_allclose(out[1], (p[:, None] * z).sum(0) / p.sum(), atol=1e-12)
-    np.testing.assert_allclose(out[2], [1.0, 2.0, 1.0], atol=1e-12)
-
-
-def test_the_min_pool_needs_the_logits():
-    with pytest.raises(PipelineError, match="cnn_logits_min needs model.cnn_logits"):
-        build_head({**HEAD, "cnn_logits_min": True})
-
-
-@pytest.mark.parametrize("pe_min", [False, True])
 @pytest.mark.parametrize("head", ["lstm", "transformer"])
-def test_a_new_pool_leaves_the_head_as_it_was(head, pe_min):
+def test_a_new_pool_leaves_the_head_as_it_was(head):
     torch.manual_seed(0)
     plain = build_head({**HEAD, "head": head}).double().eval()
-    pooled = build_head({**HEAD, "head": head, "cnn_logits": 3,
-                         "cnn_logits_min": pe_min}).double().eval()
+    pooled = build_head({**HEAD, "head": head, "cnn_logits": 3}).double().eval()
     missing, unexpected = pooled.load_state_dict(plain.state_dict(), strict=False)
     assert sorted(missing) == ["logit_pool.linear.bias", "logit_pool.linear.weight"] and not unexpected
     emb = torch.randn(2, 5, DIM, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
@@ -92,13 +62,8 @@ def test_the_variant_config(root):
     m = cfg["model"]
     assert cfg["dataset"]["cnn_run"] == "rexnet200_combined" and m["cnn_logits"] == n_logits
     assert m["input_dim"] == 2560 + n_logits and cfg["loss"]["name"] == "metric"
-    assert build_head(m).logit_pool.n == n_logits and not build_head(m).logit_pool.pe_min
+    assert build_head(m).logit_pool.n == n_logits
     HeadTask(cfg)
-    cfg_min = load_config(REPO / root / "train_rnn/rexnet200_combined_poolmin.yml")
-    assert {k: v for k, v in cfg_min["model"].items() if k != "cnn_logits_min"} == m
-    assert cfg_min["model"]["cnn_logits_min"] is True
-    assert build_head(cfg_min["model"]).logit_pool.linear.in_features == 4 * n_logits
-    HeadTask(cfg_min)
 
 
 def test_a_pooling_head_refuses_a_dump_without_that_many_logits(tmp_path):
@@ -113,15 +78,3 @@ def test_a_pooling_head_refuses_a_dump_without_that_many_logits(tmp_path):
     rec["params"]["logits"] = ["pe_present_on_image", "central_pe", "leftsided_pe"]
     provenance.write(record.parent, rec)
     assert len(task.datasets()) == 2  # three logits named: accepted
-
-
-@pytest.mark.parametrize("head", ["lstm", "transformer"])
-def test_the_min_pool_exports_to_onnx(head):
-    from rsna_pe.infer.onnx_export import head_onnx
-    torch.manual_seed(0)
-    h = build_head({**HEAD, "head": head, "cnn_logits": 3, "cnn_logits_min": True}).eval()
-    torch.nn.init.normal_(h.logit_pool.linear.weight, generator=torch.Generator().manual_seed(4))
-    feats = torch.randn(12, DIM, generator=torch.Generator().manual_seed(5))
-    feats[:, -3] = torch.linspace(-3, 3, 12)  # half the slices called PE, half not
-    data, worst, _ = head_onnx(h, feats, "min pool")  # checks ONNX Runtime against torch itself
-    assert data and worst < 1e-4

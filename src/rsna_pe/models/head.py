@@ -46,7 +46,7 @@ class RNNHead(SequenceHead):
     CELLS = {"lstm": nn.LSTM, "gru": nn.GRU}
 
     def __init__(self, input_dim=2560, hidden=128, layers=3, dropout=0.5, impl="auto", cell="lstm",
-                 neighbour_diff=False, cnn_logits=0, cnn_logits_min=False):
+                 neighbour_diff=False, cnn_logits=0):
         super().__init__()
         if impl not in self.IMPLS:
             raise PipelineError(f"model.impl '{impl}': choose from {', '.join(self.IMPLS)}")
@@ -64,7 +64,7 @@ class RNNHead(SequenceHead):
         self.attention1 = nn.Linear(width, 1)
         self.attention2 = nn.Linear(width, 1)
         self.exam_head = two_layer(width, N_EXAM, dropout)
-        self.logit_pool = logit_pool(cnn_logits, input_dim, cnn_logits_min)
+        self.logit_pool = logit_pool(cnn_logits, input_dim)
         self._templates = {}  # weightless one-layer LSTMs/GRUs that run one layer of lstm1/lstm2
 
     _attend = staticmethod(attend)
@@ -124,12 +124,12 @@ def build_head(model_cfg):
     """The head from a config's ``model`` block: ``head`` lstm (the recipe), gru or transformer."""
     m = dict(model_cfg)
     head, diff = str(m.get("head", "lstm")), bool(m.get("neighbour_diff", False))
-    cnn_logits, pe_min = int(m.get("cnn_logits", 0)), bool(m.get("cnn_logits_min", False))
+    cnn_logits = int(m.get("cnn_logits", 0))
     input_dim, dropout = int(m.get("input_dim", 2560)), float(m.get("dropout", 0.5))
     if head not in HEADS:
         raise PipelineError(f"model.head '{head}': choose from {', '.join(HEADS)}")
     if head == "transformer":
-        return build_transformer(m, input_dim, dropout, diff, cnn_logits, pe_min)
+        return build_transformer(m, input_dim, dropout, diff, cnn_logits)
     return RNNHead(input_dim=input_dim, hidden=int(m.get("hidden", 128)), layers=int(m.get("layers", 3)),
                    dropout=dropout, impl=str(m.get("impl", "auto")), cell=head, neighbour_diff=diff,
-                   cnn_logits=cnn_logits, cnn_logits_min=pe_min)
+                   cnn_logits=cnn_logits)

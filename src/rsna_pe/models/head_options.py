@@ -48,17 +48,12 @@ class LogitPool(nn.Module):
     rsna_pe.models.exam_targets.in_embedding). Their max, mean and PE-weighted mean (weights: the
     CNN's image probability) over a series' real slices feed one linear map added to the exam
     logits. Zero-initialised, so training starts from the plain head. A recurrent head trained
-    on a few hundred exams did not learn these poolings from the sequence (docs/training.md).
+    on a few hundred exams did not learn these poolings from the sequence (docs/training.md)."""
 
-    ``pe_min`` (``model.cnn_logits_min``) adds their minimum over the slices the CNN calls PE
-    (image probability above 0.5; a series with none gets its PE-weighted mean): max and means
-    cannot say that a series holds clots of both ages, a low chronic logit on one clot slice
-    beside a high one on another (docs/options.md)."""
-
-    def __init__(self, n, pe_min=False):
+    def __init__(self, n):
         super().__init__()
-        self.n, self.pe_min = int(n), bool(pe_min)
-        self.linear = nn.Linear((4 if self.pe_min else 3) * self.n, N_EXAM)
+        self.n = int(n)
+        self.linear = nn.Linear(3 * self.n, N_EXAM)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
@@ -69,23 +64,16 @@ class LogitPool(nn.Module):
         top = z.masked_fill(~mask.unsqueeze(-1), float("-inf")).amax(1)
         p = torch.sigmoid(z[..., :1]) * m
         weighted = (p * z).sum(1) / p.sum(1).clamp(min=1e-6)
-        pools = [top, mean, weighted]
-        if self.pe_min:
-            called = mask & (z[..., 0] > 0)
-            low = z.masked_fill(~called.unsqueeze(-1), float("inf")).amin(1)
-            pools.append(torch.where(called.any(1, keepdim=True), low, weighted))
-        return self.linear(torch.cat(pools, dim=-1))
+        return self.linear(torch.cat([top, mean, weighted], dim=-1))
 
 
-def logit_pool(cnn_logits, input_dim, pe_min=False):
+def logit_pool(cnn_logits, input_dim):
     """The LogitPool of ``model.cnn_logits`` (None when 0)."""
     n = int(cnn_logits or 0)
     if not 0 <= n < input_dim:
         raise PipelineError(f"model.cnn_logits {n}: must be 0 (off) or the number of CNN logits at "
                             f"the end of the {input_dim}-wide embedding (1 + exam_targets labels)")
-    if pe_min and not n:
-        raise PipelineError("model.cnn_logits_min needs model.cnn_logits (the CNN logits to pool)")
-    return LogitPool(n, pe_min) if n else None
+    return LogitPool(n) if n else None
 
 
 class SequenceHead(nn.Module):
@@ -134,7 +122,7 @@ class TransformerHead(SequenceHead):
 
     def __init__(self, input_dim=2560, width=256, layers=2, heads=4, ff=512, dropout=0.5,
                  attn_dropout=0.1, position="sinusoidal", max_len=2048, neighbour_diff=False,
-                 cnn_logits=0, cnn_logits_min=False):
+                 cnn_logits=0):
         super().__init__()
         if position not in self.POSITIONS:
             raise PipelineError(f"model.transformer.position '{position}': choose from {', '.join(self.POSITIONS)}")
@@ -149,7 +137,7 @@ class TransformerHead(SequenceHead):
         self.image_head = two_layer(width, 1, dropout)
         self.attention = nn.Linear(width, 1)
         self.exam_head = two_layer(width, N_EXAM, dropout)
-        self.logit_pool = logit_pool(cnn_logits, input_dim, cnn_logits_min)
+        self.logit_pool = logit_pool(cnn_logits, input_dim)
 
     def _position_code(self, steps, x):
         if self.positions is None:
@@ -166,7 +154,7 @@ class TransformerHead(SequenceHead):
         return self.image_head(x).squeeze(-1), self.exam_head(attend(self.attention, x, mask)) + skip
 
 
-def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0, cnn_logits_min=False):
+def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0):
     """The transformer head from a config's ``model`` block (its ``transformer`` sub-block)."""
     t = dict(model_cfg.get("transformer") or {})
     known = {"width", "layers", "heads", "ff", "attn_dropout", "position", "max_len"}
@@ -177,4 +165,4 @@ def build_transformer(model_cfg, input_dim, dropout, diff, cnn_logits=0, cnn_log
                            heads=int(t.get("heads", 4)), ff=int(t.get("ff", 512)), dropout=dropout,
                            attn_dropout=float(t.get("attn_dropout", 0.1)),
                            position=str(t.get("position", "sinusoidal")), max_len=int(t.get("max_len", 2048)),
-                           neighbour_diff=diff, cnn_logits=cnn_logits, cnn_logits_min=cnn_logits_min)
+                           neighbour_diff=diff, cnn_logits=cnn_logits)
