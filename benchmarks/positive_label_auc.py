@@ -1,7 +1,10 @@
 """Why a chronicity label ranks positive exams as it does, on a compare_options sweep.
 
     python benchmarks/positive_label_auc.py WORKSPACE --head combined_pool [--seeds 0 1 2]
-        [--labels chronic_pe acute_and_chronic_pe] [--boot 2000] [--json OUT]
+        [--labels chronic_pe acute_and_chronic_pe] [--boot 2000] [--cnn] [--json OUT]
+
+WORKSPACE is a compare_options workspace (data/ and seed_<s>/); the head's demo config
+(configs/demo/train_rnn/rexnet200_<head>.yml) names its fold csv, folds, dumps and CNN run.
 
 For each seed, the cross-validation ensemble of the head's three oof.csv (averaged and
 post-processed as evaluate.py does) among the PE-positive exams: the AUC of each label's output
@@ -12,7 +15,7 @@ P(positive) = (1 - P(negative)) (1 - P(indeterminate)) on the label's exams and 
 chronicity output is P(positive) x P(label | positive): missed clots would rank exams low
 whatever their age).
 
-With ``--cnn combined`` it also reads that CNN's dumps (the validation series of each fold,
+With ``--cnn`` it also reads the head's CNN's dumps (the validation series of each fold,
 whose logits the CNN did not train on) and the phantom's own record of each clot's age
 (``synthetic.plan`` with the sweep's data parameters, from data/synthetic.json): how well a
 slice's chronic output (P(chronic_pe) + P(acute_and_chronic_pe) of the CNN's logits: both are
@@ -27,30 +30,37 @@ import sys
 from pathlib import Path
 
 import numpy as np
-import pandas as pd
 from sklearn.metrics import roc_auc_score
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "src"))
 import evaluate  # noqa: E402  (the stage's own label and submission readers)
 from rsna_pe import metric  # noqa: E402
+from rsna_pe.core import paths  # noqa: E402
+from rsna_pe.core.config import load_config  # noqa: E402
 from rsna_pe.core.labels import EXAM_LABELS  # noqa: E402
-from rsna_pe.data.folds import val_fold_ids  # noqa: E402
+from rsna_pe.data.folds import read_fold_csv, val_fold_ids  # noqa: E402
+from rsna_pe.synthetic.dataset import MANIFEST  # noqa: E402
 from rsna_pe.synthetic.plan import plan  # noqa: E402
 
-FOLD_CSV = "data/fold/ver1/train-jpegs-64/train.csv"  # the demo configs' fold table (make_csv.yml)
-K_FOLD = 3  # the demo configs' dataset.k_fold
-PLAN_KEYS = ("n_train", "n_test", "slices", "matrix", "seed", "compressed_fraction",
-             "odd_matrix_fraction", "odd_rescale_fraction", "positive_fraction", "hex_ids",
-             "slice_spacing")
+NOT_PLAN = ("generator", "version", "complete", "scanner")  # manifest entries plan() does not take
 
 
-def cv_predictions(seed_dir, head):
-    """(truth, predictions) of the exams covered by the head's three oof.csv, as (N, 9) arrays."""
-    labels = evaluate.read_labels(seed_dir / FOLD_CSV)
-    oofs = sorted((seed_dir / "output" / "train_rnn" / f"rexnet200_{head}").glob("fold_*/oof.csv"))
-    if len(oofs) != 3:
-        raise SystemExit(f"{seed_dir}: {len(oofs)} oof.csv for head {head}, expected 3")
+def head_config(head):
+    return load_config(REPO / "configs" / "demo" / "train_rnn" / f"rexnet200_{head}.yml")
+
+
+def fold_csv(seed_dir, cfg):
+    return seed_dir / paths.fold_csv(cfg["dataset"]["data_dir"], cfg["jpeg_size"], crop=paths.crop_of(cfg))
+
+
+def cv_predictions(seed_dir, cfg):
+    """(truth, predictions) of the exams covered by the head's oof.csv of every fold, (N, 9)."""
+    labels = evaluate.read_labels(fold_csv(seed_dir, cfg))
+    oofs = [paths.run_dir(seed_dir / cfg["output_dir"], cfg["run_name"], k) / "oof.csv"
+            for k in range(cfg["dataset"]["k_fold"])]
+    if not all(p.is_file() for p in oofs):
+        raise SystemExit(f"{seed_dir}: no oof.csv of {cfg['run_name']} for every fold")
     avg = evaluate.average_submissions([evaluate.read_submission(p) for p in oofs])
     part = metric.subset_labels(labels, metric.covered_studies(avg, labels, str(oofs[0])))
     exam_pred, img_pred = metric.from_submission(avg, part.study_ids, part.sops, str(oofs[0]))
@@ -66,11 +76,18 @@ def boot_interval(y, p, n, rng):
     return [float(np.percentile(aucs, 2.5)), float(np.percentile(aucs, 97.5))]
 
 
+def age_class(lab):
+    """An exam's class from its labels (a mapping): not_positive (negative or indeterminate),
+    acute_and_chronic, chronic_only or acute_only."""
+    if lab["negative_exam_for_pe"] or lab["indeterminate"]:
+        return "not_positive"
+    return ("acute_and_chronic" if lab["acute_and_chronic_pe"] else
+            "chronic_only" if lab["chronic_pe"] else "acute_only")
+
+
 def age_classes(truth):
-    """Each exam's age class among acute only, chronic only, acute and chronic."""
-    chronic = truth[:, EXAM_LABELS.index("chronic_pe")] == 1
-    both = truth[:, EXAM_LABELS.index("acute_and_chronic_pe")] == 1
-    return np.where(both, "acute_and_chronic", np.where(chronic, "chronic_only", "acute_only"))
+    """age_class of each row of an (N, 9) exam-label array."""
+    return np.array([age_class(dict(zip(EXAM_LABELS, row))) for row in truth])
 
 
 def analyse(truth, pred, label, n_boot, rng):
@@ -94,8 +111,8 @@ def analyse(truth, pred, label, n_boot, rng):
 def slice_ages(data_dir):
     """{sop uid: set of clot kinds drawn on it} and {study uid: exam age class} of the training
     studies, from the phantom's plan."""
-    params = json.loads((data_dir / "synthetic.json").read_text())
-    specs = plan(**{k: params[k] for k in PLAN_KEYS if k in params})
+    params = json.loads((data_dir / MANIFEST).read_text())
+    specs = plan(**{k: v for k, v in params.items() if k not in NOT_PLAN})
     ages, exams = {}, {}
     for spec in specs:
         if spec.split != "train":
@@ -105,21 +122,19 @@ def slice_ages(data_dir):
             for k in range(e.k0, e.k1 + 1):
                 kinds[k].add(e.kind)
         ages.update({spec.sop_uid(k): kinds[k] for k in range(spec.n_slices)})
-        lab = spec.labels
-        exams[spec.study_uid] = ("not_positive" if lab["negative_exam_for_pe"] or lab["indeterminate"]
-                                 else "acute_and_chronic" if lab["acute_and_chronic_pe"]
-                                 else "chronic_only" if lab["chronic_pe"] else "acute_only")
+        exams[spec.study_uid] = age_class(spec.labels)
     return ages, exams
 
 
-def cnn_slices(seed_dir, cnn, ages, exams):
-    """Per validation slice of a positive exam: the CNN's PE probability, its chronic output and
-    the clot kinds on it; grouped by study."""
-    folds = pd.read_csv(seed_dir / FOLD_CSV, usecols=["StudyInstanceUID", "fold"])
+def cnn_slices(seed_dir, cfg, ages, exams):
+    """Per validation slice of a positive exam: the head's CNN's PE probability, its chronic
+    output and the clot kinds on it; grouped by study."""
+    folds = read_fold_csv(fold_csv(seed_dir, cfg))
     fold_of = folds.drop_duplicates("StudyInstanceUID").set_index("StudyInstanceUID")["fold"]
-    studies = {}
-    for fold_dir in sorted((seed_dir / "dump" / "v1" / f"rexnet200_{cnn}").glob("fold_*")):
-        valid = set(val_fold_ids(int(fold_dir.name.split("_")[1]), K_FOLD))
+    ds, studies = cfg["dataset"], {}
+    for k in range(ds["k_fold"]):
+        fold_dir = paths.dump_dir(seed_dir / ds["dump_root"], ds["cnn_run"], k)
+        valid = val_fold_ids(k, ds["k_fold"])
         names = json.loads((fold_dir / "record.json").read_text())["params"]["logits"]
         i_pe, i_chr, i_ac = (names.index(x) - len(names)
                              for x in ("pe_present_on_image", "chronic_pe", "acute_and_chronic_pe"))
@@ -163,7 +178,7 @@ def main(argv=None):
     ap.add_argument("--labels", nargs="+", default=["chronic_pe", "acute_and_chronic_pe"],
                     choices=EXAM_LABELS)
     ap.add_argument("--boot", type=int, default=2000)
-    ap.add_argument("--cnn", help="also read this CNN variant's dumps (e.g. combined)")
+    ap.add_argument("--cnn", action="store_true", help="also read the head's CNN's dumps")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
     rng = np.random.default_rng(0)
@@ -171,9 +186,10 @@ def main(argv=None):
     print(f"head {a.head}, cross-validation, among PE-positive exams")
     print(f"{'label':22} seed  n_pos n_lab   AUC  95% interval  P(pos) median: label / others"
           "  AUC against one class alone")
+    cfg = head_config(a.head)
     for label in a.labels:
         for s in a.seeds:
-            r = analyse(*cv_predictions(a.workspace / f"seed_{s}", a.head), label, a.boot, rng)
+            r = analyse(*cv_predictions(a.workspace / f"seed_{s}", cfg), label, a.boot, rng)
             out.setdefault(label, {})[s] = r
             print(f"{label:22} {s:4d} {r['n_positive']:6d} {r['n_label']:5d} {r['auc']:5.2f}"
                   f"  {r['auc_95'][0]:.2f}-{r['auc_95'][1]:.2f}"
@@ -185,10 +201,11 @@ def main(argv=None):
               + ", ".join(f"{c} {v:.3f}" for c, v in against.items()))
     if a.cnn:
         ages, exams = slice_ages(a.workspace / "data")
-        print(f"\nCNN {a.cnn}, validation slices of positive exams (phantom's record of clot ages)")
+        cnn = cfg["dataset"]["cnn_run"]
+        print(f"\nCNN {cnn}, validation slices of positive exams (phantom's record of clot ages)")
         for s in a.seeds:
-            r = slice_report(cnn_slices(a.workspace / f"seed_{s}", a.cnn, ages, exams), exams)
-            out.setdefault("cnn_" + a.cnn, {})[s] = r
+            r = slice_report(cnn_slices(a.workspace / f"seed_{s}", cfg, ages, exams), exams)
+            out.setdefault("cnn_" + cnn, {})[s] = r
             print(f"seed {s}: chronic output, chronic-clot slices ({r['n_slices_chronic']}) against"
                   f" acute-clot slices ({r['n_slices_acute']}): AUC {r['slice_auc_chronic_vs_acute']:.2f};"
                   f" acute-and-chronic against chronic-only exams by that output's minimum over the"

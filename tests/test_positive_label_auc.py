@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from rsna_pe.core.config import REPO_ROOT
+from rsna_pe.core.errors import InputFileError
 from rsna_pe.core.labels import EXAM_LABELS
 from rsna_pe.synthetic.plan import plan
 
@@ -73,3 +74,11 @@ def test_clot_ages_and_exam_classes_come_from_the_phantom_plan(tmp_path):
                 "chronic_only" if kinds == {"chronic"} else "acute_only")
         assert classes[spec.study_uid] == want
     assert {"acute_only", "not_positive"} <= set(classes.values())
+
+
+def test_paths_come_from_the_heads_demo_config(tmp_path):
+    cfg = pla.head_config("combined_pool")
+    assert cfg["dataset"]["cnn_run"] == "rexnet200_combined" and cfg["dataset"]["k_fold"] == 3
+    assert pla.fold_csv(tmp_path, cfg) == tmp_path / "data/fold/ver1/train-jpegs-64-lungcrop/train.csv"  # its CNN's set
+    with pytest.raises(InputFileError, match="train-jpegs-64-lungcrop/train.csv: file not found"):
+        pla.cv_predictions(tmp_path, cfg)
