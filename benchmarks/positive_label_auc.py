@@ -38,8 +38,10 @@ import evaluate  # noqa: E402  (the stage's own label and submission readers)
 from rsna_pe import metric  # noqa: E402
 from rsna_pe.core import paths  # noqa: E402
 from rsna_pe.core.config import load_config  # noqa: E402
+from rsna_pe.core.io import atomic_write_json  # noqa: E402
 from rsna_pe.core.labels import EXAM_LABELS  # noqa: E402
 from rsna_pe.data.folds import read_fold_csv, val_fold_ids  # noqa: E402
+from rsna_pe.infer.calibration import sigmoid  # noqa: E402
 from rsna_pe.synthetic.dataset import MANIFEST  # noqa: E402
 from rsna_pe.synthetic.plan import plan  # noqa: E402
 
@@ -143,7 +145,7 @@ def cnn_slices(seed_dir, cfg, ages, exams):
             if fold_of.get(study) not in valid or exams.get(study, "not_positive") == "not_positive":
                 continue
             z = np.load(npz, allow_pickle=False)
-            sig = 1 / (1 + np.exp(-z["embeddings"][:, -len(names):].astype(np.float64)))
+            sig = sigmoid(z["embeddings"][:, -len(names):])
             studies[study] = (sig[:, i_pe], sig[:, i_chr] + sig[:, i_ac],
                               [ages.get(str(u), set()) for u in z["sop"]])
     return studies
@@ -212,7 +214,7 @@ def main(argv=None):
                   f" slices the CNN calls PE (lower first): AUC {r['min_auc_mixed_vs_chronic_only']:.2f},"
                   f" by its maximum: {r['max_auc_mixed_vs_chronic_only']:.2f}")
     if a.json:
-        a.json.write_text(json.dumps(out, indent=2) + "\n")
+        atomic_write_json(a.json, out, indent=2)
     return 0
 
 
